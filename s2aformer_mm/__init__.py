@@ -1,0 +1,20 @@
+"""S2AFormer for OpenMMLab: one backbone, registered in mmpretrain, mmseg and mmdet.
+
+Importing the package (configs do it through ``custom_imports``) checks mmcv,
+allowlists the globals Runner checkpoints need under ``weights_only=True`` and
+registers the models in every installed OpenMMLab library.
+"""
+from .compat import check_mmcv
+
+check_mmcv()
+
+from .checkpoint import register_safe_globals  # noqa: E402
+from .integrations import MISSING, REGISTERED, register_all, require  # noqa: E402
+from .models import S2AFormer  # noqa: E402
+
+__version__ = '0.1.0'
+
+register_safe_globals()
+register_all()
+
+__all__ = ['S2AFormer', 'require', 'REGISTERED', 'MISSING', '__version__']

@@ -1,0 +1,159 @@
+"""Safe checkpoint loading under torch's ``weights_only=True`` default.
+
+torch >= 2.6 unpickles checkpoints with ``weights_only=True``; mmengine 0.10.7
+calls plain ``torch.load``, and Runner checkpoints carry numpy arrays/scalars and
+``HistoryBuffer`` objects (``message_hub``). Rather than turning ``weights_only``
+off (which lets a checkpoint execute code), :func:`register_safe_globals` adds
+exactly the globals those checkpoints need to torch's allowlist.
+
+``HistoryBuffer`` pickles its statistics methods as ``getattr(HistoryBuffer,
+'min')``. Allowing ``builtins.getattr`` itself would let a checkpoint fetch any
+attribute of any allowed object, so the name ``builtins.getattr`` is bound to
+:func:`_restricted_getattr`, which only resolves public methods of
+``HistoryBuffer``.
+"""
+import os
+import re
+from typing import Dict, Iterable, List
+
+import numpy as np
+import torch
+from mmengine.logging import HistoryBuffer, print_log
+
+_HB_METHODS = frozenset(
+    name for name in dir(HistoryBuffer)
+    if not name.startswith('_') and callable(getattr(HistoryBuffer, name)))
+
+
+class UnsafeCheckpointError(RuntimeError):
+    """A checkpoint holds objects outside the allowlist (possible code execution)."""
+
+
+def _restricted_getattr(obj, name, *default):
+    if obj is HistoryBuffer and name in _HB_METHODS:
+        return getattr(obj, name)
+    raise UnsafeCheckpointError(
+        f'checkpoint asks for getattr({obj!r}, {name!r}); only HistoryBuffer statistics '
+        f'methods are allowed')
+
+
+def _numpy_globals() -> List:
+    core = getattr(np, '_core', None) or np.core  # numpy 2.x / 1.x spelling
+    names = [core.multiarray._reconstruct, core.multiarray.scalar, np.ndarray, np.dtype]
+    dtypes = getattr(np, 'dtypes', None)  # numpy >= 1.25
+    if dtypes is not None:
+        names += [getattr(dtypes, n) for n in dir(dtypes) if n.endswith('DType')]
+    return names
+
+
+def safe_globals() -> List:
+    """The allowlist: numpy containers, HistoryBuffer and a restricted getattr."""
+    return [HistoryBuffer, *_numpy_globals(), (_restricted_getattr, 'builtins.getattr')]
+
+
+_registered = False
+
+
+def register_safe_globals() -> None:
+    """Add :func:`safe_globals` to torch's weights-only allowlist (idempotent).
+
+    Called when ``s2aformer_mm`` is imported, i.e. by every config's
+    ``custom_imports``, before the Runner loads ``load_from`` / ``resume`` /
+    ``Pretrained`` checkpoints.
+    """
+    global _registered
+    if not _registered:
+        torch.serialization.add_safe_globals(safe_globals())
+        _registered = True
+
+
+def safe_load(path: str, map_location='cpu'):
+    """``torch.load`` with ``weights_only=True`` and our allowlist; clear errors."""
+    register_safe_globals()
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f'Checkpoint file not found: {path!r}. Check the path, or set the config option '
+            f'to None to train from scratch.')
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except UnsafeCheckpointError as e:
+        raise UnsafeCheckpointError(f'Refusing to load {path!r}: {e}') from None
+    except torch.serialization.pickle.UnpicklingError as e:
+        raise UnsafeCheckpointError(
+            f'Refusing to load {path!r}: it contains objects outside the safe allowlist '
+            f'(s2aformer_mm.checkpoint.safe_globals), which could execute code when unpickled. '
+            f'Only load it with weights_only=False if you fully trust its origin.\n{e}') from None
+    except (RuntimeError, EOFError, OSError) as e:
+        raise RuntimeError(
+            f'Checkpoint {path!r} is corrupt or truncated and cannot be read ({e}). Re-download '
+            f'or re-save it; for resuming, point --resume at an earlier checkpoint.') from None
+
+
+def _state_dict(ckpt) -> Dict[str, torch.Tensor]:
+    if isinstance(ckpt, dict):
+        for key in ('state_dict', 'model'):
+            if isinstance(ckpt.get(key), dict):
+                return ckpt[key]
+    return ckpt
+
+
+def load_backbone_pretrained(module: torch.nn.Module, init_cfg: dict) -> None:
+    """Load ``init_cfg=dict(type='Pretrained', checkpoint, prefix, strict=True)``.
+
+    Keys are taken from the checkpoint's ``state_dict`` (or ``model``), the
+    ``prefix`` (e.g. ``'backbone.'``) is stripped, an EMA copy
+    (``ema_state_dict`` / ``module.``) is not needed. Backbone keys absent from
+    the checkpoint, or present with another shape, raise ``KeyError`` naming them
+    unless ``strict=False`` -- partial loading must be explicit. Layers that a
+    classifier checkpoint cannot have (``out_norm*``, dense-only) are allowed to
+    be missing and are logged.
+    """
+    unknown = set(init_cfg) - {'type', 'checkpoint', 'prefix', 'map_location', 'strict'}
+    if unknown:
+        raise ValueError(f'Unknown keys {sorted(unknown)} in Pretrained init_cfg {init_cfg}')
+    path = init_cfg.get('checkpoint')
+    if not path:
+        raise ValueError('Pretrained init_cfg needs checkpoint=<path to .pth>')
+    prefix = init_cfg.get('prefix') or ''
+    strict = init_cfg.get('strict', True)
+    state = _state_dict(safe_load(path, init_cfg.get('map_location', 'cpu')))
+    if prefix:
+        state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        if not state:
+            raise KeyError(f'No key in {path!r} starts with prefix {prefix!r}; is it a checkpoint '
+                           f'of a model with a backbone? (use prefix="" for a bare backbone file)')
+    own = module.state_dict()
+    optional = re.compile(r'^out_norm\d+\.')
+    missing = [k for k in own if k not in state]
+    mismatched = [f'{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}'
+                  for k in own if k in state and state[k].shape != own[k].shape]
+    required_missing = [k for k in missing if not optional.match(k)]
+    unexpected = [k for k in state if k not in own]
+    if (required_missing or mismatched or unexpected) and strict:
+        raise KeyError(_report(path, required_missing, mismatched, unexpected))
+    loadable = {k: v for k, v in state.items() if k in own and v.shape == own[k].shape}
+    module.load_state_dict(loadable, strict=False)
+    msg = f'Loaded {len(loadable)}/{len(own)} backbone tensors from {path}'
+    if missing:
+        msg += f'; newly initialised: {_short(missing)}'
+    if not strict and (required_missing or mismatched or unexpected):
+        msg += '\n' + _report(path, required_missing, mismatched, unexpected)
+    print_log(msg, logger='current', level=30 if (missing or not strict) else 20)
+
+
+def _short(keys: Iterable[str], n: int = 8) -> str:
+    keys = list(keys)
+    return ', '.join(keys[:n]) + (f' ... (+{len(keys) - n} more)' if len(keys) > n else '')
+
+
+def _report(path, missing, mismatched, unexpected) -> str:
+    lines = [f'Checkpoint {path!r} does not match this S2AFormer backbone:']
+    if missing:
+        lines.append(f'  {len(missing)} missing keys: {_short(missing)}')
+    if mismatched:
+        lines.append(f'  {len(mismatched)} shape mismatches: {_short(mismatched, 4)}')
+    if unexpected:
+        lines.append(f'  {len(unexpected)} unexpected keys: {_short(unexpected)}')
+    lines.append('  Is it a checkpoint of the same variant (arch) and the right prefix? '
+                 "To load what matches anyway, add strict=False to the Pretrained init_cfg.")
+    return '\n'.join(lines)

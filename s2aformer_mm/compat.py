@@ -1,0 +1,25 @@
+"""Import-time checks of the stack, with errors that name the fix."""
+import importlib.util
+from importlib.metadata import PackageNotFoundError, version
+
+from packaging.version import Version
+
+#: mmdet 3.3 and mmseg 1.2.2 assert mmcv < 2.2.0; mmpretrain 1.2 needs < 2.4.
+MMCV_MIN, MMCV_MAX = Version('2.0.0rc4'), Version('2.2.0')
+FIX = 'Run "bash tools/setup_env.sh" (builds mmcv 2.1.0 with ops against your torch).'
+
+
+def check_mmcv() -> None:
+    try:
+        v = Version(version('mmcv'))
+    except PackageNotFoundError:
+        raise ImportError(f'mmcv is not installed (mmcv-lite is not enough). {FIX}') from None
+    if not MMCV_MIN <= v < MMCV_MAX:
+        raise ImportError(
+            f'mmcv {v} is incompatible: mmdet 3.3 / mmsegmentation 1.2.2 need '
+            f'{MMCV_MIN} <= mmcv < {MMCV_MAX}. Install mmcv==2.1.0. {FIX}')
+    if importlib.util.find_spec('mmcv._ext') is None:
+        raise ImportError(
+            'mmcv is installed without its compiled ops (mmcv._ext is missing), which happens '
+            'when it is built without torch visible. Rebuild it: pip uninstall -y mmcv && '
+            'MMCV_WITH_OPS=1 pip install --no-build-isolation --no-cache-dir mmcv==2.1.0. ' + FIX)

@@ -1,0 +1,43 @@
+"""Registration of S2AFormer in each OpenMMLab library that is installed.
+
+Each library gets one small module here (``mmpretrain.py``, ``mmseg.py``,
+``mmdet.py``) that registers the *same* classes in that library's ``MODELS``.
+A library that is not installed is skipped -- detected with ``find_spec``, never
+by swallowing an ``ImportError`` -- and :func:`require` turns a later attempt to
+use it into an error that says what to install. An ImportError raised *inside*
+an installed library propagates unchanged.
+"""
+import importlib
+import importlib.util
+
+#: library import name -> the pip requirement this project is tested with
+SUPPORTED = {
+    'mmpretrain': 'mmpretrain==1.2.0',
+    'mmseg': 'mmsegmentation==1.2.2 ftfy regex',
+    'mmdet': 'mmdet==3.3.0',
+}
+REGISTERED = []
+MISSING = []
+
+
+def register_all():
+    for lib in SUPPORTED:
+        if lib in REGISTERED or lib in MISSING:
+            continue
+        if importlib.util.find_spec(lib) is None:
+            MISSING.append(lib)
+            continue
+        importlib.import_module(f'{__name__}.{lib}')
+        REGISTERED.append(lib)
+
+
+def require(lib: str) -> None:
+    """Raise a clear ImportError if ``lib`` (an OpenMMLab scope) is unavailable."""
+    if lib not in SUPPORTED:
+        raise ValueError(f'Unknown OpenMMLab scope {lib!r}; s2aformer_mm supports '
+                         f'{sorted(SUPPORTED)}.')
+    register_all()
+    if lib in MISSING:
+        raise ImportError(
+            f'{lib} is not installed, so S2AFormer is not registered in its MODELS registry. '
+            f'Install it with: pip install {SUPPORTED[lib]}  (or run bash tools/setup_env.sh).')

@@ -1,0 +1,60 @@
+"""Registers S2AFormer and its classification head in mmpretrain (scope ``mmpretrain``)."""
+from typing import List, Optional, Tuple
+
+import torch
+import torch.nn as nn
+from mmcv.cnn import build_activation_layer, build_norm_layer
+from mmpretrain.models.heads import ClsHead
+from mmpretrain.registry import MODELS
+from mmpretrain.structures import DataSample
+
+from ..models import S2AFormer
+
+MODELS.register_module(module=S2AFormer)
+
+
+@MODELS.register_module()
+class S2AFormerClsHead(ClsHead):
+    """The paper's classification head.
+
+    ``1x1 conv (C4 -> 1280, bias) -> BN -> SiLU -> global avg-pool -> dropout``,
+    then two ``Linear(1280, num_classes)`` heads (a class head and a
+    "distillation" head, as in DeiT/EfficientFormer). The paper never describes
+    the second head but its parameter counts (Tables II, VI, VII) require it.
+    Without a teacher both heads are trained on the labels (the loss is the mean
+    of the two), and their logits are averaged at inference.
+
+    Args:
+        num_classes (int): Classes. in_channels (int): C4 of the backbone.
+        hidden_channels (int): Width of the 1x1 conv. Defaults to 1280.
+        dropout (float): Dropout before the linear heads.
+    """
+
+    def __init__(self, num_classes: int, in_channels: int, hidden_channels: int = 1280,
+                 dropout: float = 0., norm_cfg=dict(type='BN'), act_cfg=dict(type='SiLU'),
+                 init_cfg=dict(type='TruncNormal', layer='Linear', std=.02), **kwargs):
+        super().__init__(init_cfg=init_cfg, **kwargs)
+        if num_classes <= 0:
+            raise ValueError(f'num_classes={num_classes} must be a positive integer')
+        self.num_classes = num_classes
+        self.conv = nn.Conv2d(in_channels, hidden_channels, 1)
+        self.norm = build_norm_layer(norm_cfg, hidden_channels)[1]
+        self.act = build_activation_layer(act_cfg)
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(hidden_channels, num_classes)
+        self.head_dist = nn.Linear(hidden_channels, num_classes)
+
+    def pre_logits(self, feats: Tuple[torch.Tensor]) -> torch.Tensor:
+        x = self.act(self.norm(self.conv(feats[-1])))
+        return self.dropout(x.mean((2, 3)))
+
+    def forward(self, feats: Tuple[torch.Tensor]) -> torch.Tensor:
+        x = self.pre_logits(feats)
+        return (self.head(x) + self.head_dist(x)) / 2
+
+    def loss(self, feats: Tuple[torch.Tensor], data_samples: List[DataSample], **kwargs) -> dict:
+        x = self.pre_logits(feats)
+        losses = self._get_loss(self.head(x), data_samples, **kwargs)
+        dist = self._get_loss(self.head_dist(x), data_samples, **kwargs)
+        losses['loss'] = (losses['loss'] + dist['loss']) / 2
+        return losses

@@ -1,0 +1,449 @@
+"""S2AFormer: Strip Self-Attention vision transformer backbone.
+
+Paper: "S2AFormer: Strip Self-Attention for Efficient Vision Transformer" (see
+``shared/paper``). No official code exists; the layer list follows
+``shared/design/ARCHITECTURE.md``, which was fitted to every count the paper
+publishes (Tables II-VIII). Equation numbers below refer to the paper.
+
+The module depends on torch, mmengine and mmcv only, so it is shared unchanged by
+the mmpretrain, mmsegmentation and mmdetection registrations in
+``s2aformer_mm.integrations``.
+"""
+import copy
+from typing import Dict, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torch.utils.checkpoint as cp
+from mmcv.cnn import build_activation_layer, build_norm_layer
+from mmcv.cnn.bricks import DropPath
+from mmengine.model import BaseModule, ModuleList, Sequential
+from mmengine.model.weight_init import (constant_init, normal_init,
+                                        trunc_normal_init)
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from ..checkpoint import load_backbone_pretrained
+
+STEM_CHANNELS = (16, 16, 32)
+#: The smallest input side the network accepts: stem (/2) + four 2x2 patch
+#: embeddings (/16) and the 8x8 reduction of stage 1 need at least 32 pixels.
+MIN_INPUT_SIZE = 32
+
+
+def _to_channels_last_ln(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Apply a token LayerNorm to an NCHW map.
+
+    The permutes are free views when ``x`` is in channels-last memory format,
+    which is what :class:`S2AFormer` uses internally.
+    """
+    return norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+class ConvAct(Sequential):
+    """``Conv -> act -> BN``: the stem / FFN unit (activation *before* BN)."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1,
+                 groups=1, act_cfg=dict(type='GELU'), norm_cfg=dict(type='BN')):
+        super().__init__(
+            nn.Conv2d(in_channels, out_channels, kernel_size, stride,
+                      kernel_size // 2, groups=groups),
+            build_activation_layer(act_cfg),
+            build_norm_layer(norm_cfg, out_channels)[1])
+
+
+class Stem(Sequential):
+    """Three 3x3 convs, the first with stride 2: 3 -> 16 -> 16 -> 32 channels."""
+
+    def __init__(self, in_channels=3, act_cfg=dict(type='GELU'),
+                 norm_cfg=dict(type='BN')):
+        c1, c2, c3 = STEM_CHANNELS
+        super().__init__(
+            ConvAct(in_channels, c1, 3, 2, act_cfg=act_cfg, norm_cfg=norm_cfg),
+            ConvAct(c1, c2, 3, 1, act_cfg=act_cfg, norm_cfg=norm_cfg),
+            ConvAct(c2, c3, 3, 1, act_cfg=act_cfg, norm_cfg=norm_cfg))
+
+
+class PatchEmbed(BaseModule):
+    """Down-sampling between stages: 2x2 conv with stride 2, then LayerNorm."""
+
+    def __init__(self, in_channels, out_channels, norm_cfg=dict(type='LN', eps=1e-6)):
+        super().__init__()
+        self.proj = nn.Conv2d(in_channels, out_channels, 2, 2)
+        self.norm = build_norm_layer(norm_cfg, out_channels)[1]
+
+    def forward(self, x):
+        return _to_channels_last_ln(self.norm, self.proj(x))
+
+
+class StripSelfAttention(BaseModule):
+    """Strip Self-Attention (SSA, Algorithm 1 and Eq. 13-15).
+
+    Queries and keys are squeezed to one channel per head ("strips":
+    ``Q in R^{N x 1}``, ``K in R^{Ns x 1}``) while values keep ``C / h``
+    channels per head; keys and values come from a depth-wise ``sr x sr``
+    convolution with stride ``sr`` (Convolution Spatial Reduction) followed by
+    BN, so ``Ns = N / sr^2``. The attention cost is therefore
+    ``O(N * Ns * (1 + C/h))`` per head instead of ``O(N^2 * C)``.
+
+    Args:
+        dim (int): Channels C.
+        num_heads (int): Heads h.
+        sr_ratio (int): Spatial reduction ratio (kernel = stride = sr).
+        qk_scale (float, optional): Logit scale. The paper leaves "Scale" open;
+            the default ``(C / h) ** -0.5`` follows PVT, from which SSA derives.
+        fused (bool): Use ``F.scaled_dot_product_attention`` (never
+            materialises the ``N x Ns`` matrix for backward where a fused
+            kernel exists). ``False`` runs the literal formula; both are equal.
+    """
+
+    def __init__(self, dim, num_heads, sr_ratio=1, qk_scale=None, attn_drop=0.,
+                 proj_drop=0., norm_cfg=dict(type='BN'), fused=True):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f'channels ({dim}) must be divisible by num_heads ({num_heads})')
+        self.num_heads = num_heads
+        self.sr_ratio = sr_ratio
+        self.scale = qk_scale if qk_scale is not None else (dim // num_heads) ** -0.5
+        self.fused = fused
+        self.attn_drop = attn_drop
+        self.q = nn.Linear(dim, num_heads)          # channel squeeze: 1 channel / head
+        self.k = nn.Linear(dim, num_heads)
+        self.v = nn.Linear(dim, dim)
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+        if sr_ratio > 1:
+            self.sr = nn.Conv2d(dim, dim, sr_ratio, sr_ratio, groups=dim)
+            self.sr_norm = build_norm_layer(norm_cfg, dim)[1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: normalised NCHW map; returns the NCHW attention output."""
+        B, C, H, W = x.shape
+        h = self.num_heads
+        tokens = x.permute(0, 2, 3, 1).reshape(B, H * W, C)
+        if self.sr_ratio > 1:
+            # Floors for sizes that are not multiples of sr, as in PVT/CMT.
+            reduced = self.sr_norm(self.sr(x))
+            reduced = reduced.permute(0, 2, 3, 1).reshape(B, -1, C)
+        else:
+            reduced = tokens
+        q = self.q(tokens).transpose(1, 2).unsqueeze(-1)          # B h N 1
+        k = self.k(reduced).transpose(1, 2).unsqueeze(-1)         # B h Ns 1
+        v = self.v(reduced).reshape(B, -1, h, C // h).transpose(1, 2)  # B h Ns C/h
+        drop = self.attn_drop if self.training else 0.
+        if self.fused:
+            out = F.scaled_dot_product_attention(q, k, v, dropout_p=drop, scale=self.scale)
+        else:
+            attn = (q * self.scale) @ k.transpose(-2, -1)          # B h N Ns
+            attn = F.dropout(attn.softmax(dim=-1), drop, self.training)
+            out = attn @ v
+        out = out.transpose(1, 2).reshape(B, H * W, C)
+        out = self.proj_drop(self.proj(out))
+        return out.reshape(B, H, W, C).permute(0, 3, 1, 2)
+
+
+class SqueezeExcite(BaseModule):
+    """SE channel attention (Hu et al.), reduction 4, biased 1x1 convs."""
+
+    def __init__(self, channels, ratio=4):
+        super().__init__()
+        self.fc1 = nn.Conv2d(channels, channels // ratio, 1)
+        self.fc2 = nn.Conv2d(channels // ratio, channels, 1)
+
+    def forward(self, x):
+        w = x.mean((2, 3), keepdim=True)
+        return x * self.fc2(self.fc1(w).relu()).sigmoid()
+
+
+class LocalInteraction(BaseModule):
+    """Local Interaction Module (LIM, Eq. 6-7).
+
+    ``PWConv -> ReLU -> DWConv3x3 -> SE -> ReLU -> PWConv``; the point-wise
+    convs are grouped (groups = C), which is what the paper's parameter counts
+    (Table VII) admit.
+    """
+
+    def __init__(self, dim, se_ratio=4):
+        super().__init__()
+        self.pw1 = nn.Conv2d(dim, dim, 1, groups=dim)
+        self.dw = nn.Conv2d(dim, dim, 3, 1, 1, groups=dim)
+        self.se = SqueezeExcite(dim, se_ratio)
+        self.pw2 = nn.Conv2d(dim, dim, 1, groups=dim)
+
+    def forward(self, x):
+        x = self.dw(self.pw1(x).relu())      # Eq. 6
+        return self.pw2(self.se(x).relu())   # Eq. 7
+
+
+class InvertedResidualFFN(BaseModule):
+    """The HPB's MLP (Eq. 4): an inverted residual with expansion ``ratio``.
+
+    ``1x1 (C->rC) -> GELU -> BN``, ``DW3x3 + skip -> GELU -> BN``,
+    ``1x1 (rC->C) -> BN``.
+    """
+
+    def __init__(self, dim, ratio=4, act_cfg=dict(type='GELU'), norm_cfg=dict(type='BN')):
+        super().__init__()
+        hidden = dim * ratio
+        self.fc1 = ConvAct(dim, hidden, 1, act_cfg=act_cfg, norm_cfg=norm_cfg)
+        self.dw = nn.Conv2d(hidden, hidden, 3, 1, 1, groups=hidden)
+        self.act = build_activation_layer(act_cfg)
+        self.dw_norm = build_norm_layer(norm_cfg, hidden)[1]
+        self.fc2 = nn.Conv2d(hidden, dim, 1)
+        self.fc2_norm = build_norm_layer(norm_cfg, dim)[1]
+
+    def forward(self, x):
+        x = self.fc1(x)
+        x = self.dw_norm(self.act(self.dw(x) + x))
+        return self.fc2_norm(self.fc2(x))
+
+
+class HybridPerceptionBlock(BaseModule):
+    """Hybrid Perception Block (HPB, Eq. 1-4).
+
+    ``x = x + DWConv(x)``; ``x = x + SSA(LN(x))``; ``x = x + LIM(LN(x))``;
+    ``x = x + FFN(LN(x))`` (with stochastic depth on the last three).
+    """
+
+    def __init__(self, dim, num_heads, sr_ratio, mlp_ratio=4, drop_path=0.,
+                 qk_scale=None, attn_drop=0., proj_drop=0., fused_attn=True,
+                 norm_cfg=dict(type='BN'), token_norm_cfg=dict(type='LN', eps=1e-6),
+                 act_cfg=dict(type='GELU'), with_cp=False):
+        super().__init__()
+        self.with_cp = with_cp
+        self.pos = nn.Conv2d(dim, dim, 3, 1, 1, groups=dim)
+        self.norm1 = build_norm_layer(token_norm_cfg, dim)[1]
+        self.attn = StripSelfAttention(dim, num_heads, sr_ratio, qk_scale, attn_drop,
+                                       proj_drop, norm_cfg, fused_attn)
+        self.norm2 = build_norm_layer(token_norm_cfg, dim)[1]
+        self.lim = LocalInteraction(dim)
+        self.norm3 = build_norm_layer(token_norm_cfg, dim)[1]
+        self.ffn = InvertedResidualFFN(dim, mlp_ratio, act_cfg, norm_cfg)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def _forward(self, x):
+        x = x + self.pos(x)                                                       # Eq. 1
+        x = x + self.drop_path(self.attn(_to_channels_last_ln(self.norm1, x)))    # Eq. 2
+        x = x + self.drop_path(self.lim(_to_channels_last_ln(self.norm2, x)))     # Eq. 3
+        x = x + self.drop_path(self.ffn(_to_channels_last_ln(self.norm3, x)))     # Eq. 4
+        return x
+
+    def forward(self, x):
+        if self.with_cp and x.requires_grad:
+            return cp.checkpoint(self._forward, x, use_reentrant=False)
+        return self._forward(x)
+
+
+class S2AFormer(BaseModule):
+    """S2AFormer backbone.
+
+    A stem (three 3x3 convs, stride 2) followed by four stages; each stage is a
+    2x2/stride-2 patch embedding and ``depths[i]`` Hybrid Perception Blocks,
+    giving feature maps at strides 4, 8, 16 and 32.
+
+    Args:
+        arch (str | dict): ``'mini'``, ``'t'``, ``'xs'``, ``'s'`` or ``'m'``
+            (case-insensitive, paper Table II), or a dict with keys
+            ``depths``, ``channels``, ``num_heads`` and optionally
+            ``sr_ratios`` (default ``[8, 4, 2, 1]``), each a 4-item list.
+        in_channels (int): Input channels. Defaults to 3.
+        out_indices (int | Sequence[int]): Stages whose outputs are returned;
+            negatives count from the end. Defaults to -1 (last stage).
+        frozen_stages (int): ``-1`` freezes nothing, ``0`` the stem, ``i`` the
+            stem and stages ``0..i-1`` (parameters stop gradients and the
+            modules stay in eval mode). Defaults to -1.
+        norm_eval (bool): Keep every BatchNorm in eval mode while training
+            (the paper's "normalization layers frozen" for dense tasks).
+        out_norm (bool): Add a LayerNorm to each returned feature map (PVT /
+            Swin style, for dense heads). Defaults to False.
+        drop_path_rate (float): Stochastic depth, linearly increasing over
+            blocks. Defaults to 0.
+        mlp_ratio (int): FFN expansion. Defaults to 4.
+        qk_scale (float, optional): See :class:`StripSelfAttention`.
+        fused_attn (bool): Use fused scaled-dot-product attention.
+        with_cp (bool): Gradient checkpointing of each block.
+        norm_cfg (dict): Conv-side norm. Defaults to BN.
+        init_cfg (dict | list[dict], optional): mmengine init config;
+            ``dict(type='Pretrained', checkpoint=..., prefix='backbone.')``
+            loads a classifier checkpoint. Missing backbone keys raise unless
+            the dict also holds ``strict=False``.
+    """
+
+    arch_zoo = {
+        'mini': dict(depths=[2, 2, 2, 2], channels=[32, 64, 128, 256], num_heads=[1, 2, 4, 8]),
+        't': dict(depths=[2, 2, 6, 2], channels=[48, 64, 128, 256], num_heads=[1, 2, 4, 8]),
+        'xs': dict(depths=[2, 2, 10, 2], channels=[48, 64, 128, 256], num_heads=[1, 2, 4, 8]),
+        's': dict(depths=[2, 4, 24, 4], channels=[48, 64, 128, 256], num_heads=[1, 2, 4, 8]),
+        'm': dict(depths=[2, 4, 20, 2], channels=[96, 128, 256, 512], num_heads=[1, 2, 4, 8]),
+    }
+    default_sr_ratios = [8, 4, 2, 1]
+    _arch_keys = {'depths', 'channels', 'num_heads'}
+    _optional_arch_keys = {'sr_ratios'}
+    num_stages = 4
+
+    def __init__(self,
+                 arch: Union[str, Dict] = 't',
+                 in_channels: int = 3,
+                 out_indices: Union[int, Sequence[int]] = -1,
+                 frozen_stages: int = -1,
+                 norm_eval: bool = False,
+                 out_norm: bool = False,
+                 drop_path_rate: float = 0.,
+                 mlp_ratio: int = 4,
+                 qk_scale: Optional[float] = None,
+                 attn_drop_rate: float = 0.,
+                 proj_drop_rate: float = 0.,
+                 fused_attn: bool = True,
+                 with_cp: bool = False,
+                 norm_cfg: Dict = dict(type='BN'),
+                 token_norm_cfg: Dict = dict(type='LN', eps=1e-6),
+                 act_cfg: Dict = dict(type='GELU'),
+                 init_cfg: Optional[Union[Dict, Sequence[Dict]]] = None):
+        super().__init__(init_cfg=init_cfg)
+        self.arch_settings = self._parse_arch(arch)
+        depths = self.arch_settings['depths']
+        channels = self.arch_settings['channels']
+        self.channels = list(channels)
+        self.in_channels = in_channels
+        self.out_indices = self._parse_out_indices(out_indices)
+        if not isinstance(frozen_stages, int) or not -1 <= frozen_stages <= self.num_stages:
+            raise ValueError(
+                f'frozen_stages must be an int in [-1, {self.num_stages}] (-1: none, 0: stem, '
+                f'i: stem and the first i stages), got {frozen_stages!r}')
+        self.frozen_stages = frozen_stages
+        self.norm_eval = norm_eval
+        self.out_norm = out_norm
+
+        self.stem = Stem(in_channels, act_cfg, norm_cfg)
+        dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        self.patch_embeds = ModuleList()
+        self.stages = ModuleList()
+        prev, cur = STEM_CHANNELS[-1], 0
+        for i, (depth, dim) in enumerate(zip(depths, channels)):
+            self.patch_embeds.append(PatchEmbed(prev, dim, token_norm_cfg))
+            self.stages.append(Sequential(*[
+                HybridPerceptionBlock(
+                    dim, self.arch_settings['num_heads'][i], self.arch_settings['sr_ratios'][i],
+                    mlp_ratio, dpr[cur + j], qk_scale, attn_drop_rate, proj_drop_rate,
+                    fused_attn, norm_cfg, token_norm_cfg, act_cfg, with_cp)
+                for j in range(depth)]))
+            prev, cur = dim, cur + depth
+        if out_norm:
+            for i in self.out_indices:
+                self.add_module(f'out_norm{i}', build_norm_layer(token_norm_cfg, channels[i])[1])
+        self._freeze_stages()
+
+    # ------------------------------------------------------------------ config
+    @classmethod
+    def _parse_arch(cls, arch) -> Dict:
+        if isinstance(arch, str):
+            key = arch.lower()
+            if key not in cls.arch_zoo:
+                raise ValueError(
+                    f'Unknown S2AFormer arch {arch!r}. Choose one of {sorted(cls.arch_zoo)} '
+                    f'(case-insensitive) or pass a dict with keys {sorted(cls._arch_keys)} '
+                    f'and optionally {sorted(cls._optional_arch_keys)}.')
+            settings = copy.deepcopy(cls.arch_zoo[key])
+        elif isinstance(arch, dict):
+            keys = set(arch)
+            missing = cls._arch_keys - keys
+            unknown = keys - cls._arch_keys - cls._optional_arch_keys
+            if missing or unknown:
+                raise ValueError(
+                    f'Custom S2AFormer arch dict: missing keys {sorted(missing)}, unknown keys '
+                    f'{sorted(unknown)}. Required: {sorted(cls._arch_keys)}; optional: '
+                    f'{sorted(cls._optional_arch_keys)}.')
+            settings = {k: list(v) for k, v in arch.items()}
+        else:
+            raise TypeError(f'arch must be a str or dict, got {type(arch).__name__}')
+        settings.setdefault('sr_ratios', list(cls.default_sr_ratios))
+        for key, value in settings.items():
+            if len(value) != cls.num_stages or not all(isinstance(v, int) and v > 0 for v in value):
+                raise ValueError(f'arch[{key!r}] must be {cls.num_stages} positive ints, got {value}')
+        for c, h in zip(settings['channels'], settings['num_heads']):
+            if c % h:
+                raise ValueError(f'arch channels {settings["channels"]} must be divisible by '
+                                 f'num_heads {settings["num_heads"]} stage by stage')
+        return settings
+
+    @classmethod
+    def _parse_out_indices(cls, out_indices) -> Tuple[int, ...]:
+        if isinstance(out_indices, int):
+            out_indices = [out_indices]
+        if not isinstance(out_indices, Sequence) or not out_indices:
+            raise TypeError(f'out_indices must be an int or a non-empty sequence of ints, '
+                            f'got {out_indices!r}')
+        valid = list(range(-cls.num_stages, cls.num_stages))
+        normalised = []
+        for idx in out_indices:
+            if not isinstance(idx, int) or idx not in valid:
+                raise ValueError(f'Invalid out_indices {list(out_indices)}: each index must be an '
+                                 f'int in {valid[0]}..{valid[-1]} (stages 0-3, negatives from the end).')
+            normalised.append(idx % cls.num_stages)
+        if len(set(normalised)) != len(normalised):
+            raise ValueError(f'out_indices {list(out_indices)} name the same stage twice.')
+        return tuple(sorted(normalised))
+
+    # ------------------------------------------------------------------ weights
+    def init_weights(self):
+        cfg = self.init_cfg
+        if isinstance(cfg, dict) and cfg.get('type') == 'Pretrained':
+            # Own loader: safe (weights_only) loading, and missing keys are an error.
+            load_backbone_pretrained(self, cfg)
+            self._is_init = True
+            return
+        super().init_weights()
+        if cfg is not None:
+            return
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                trunc_normal_init(m, std=.02, bias=0.)
+            elif isinstance(m, nn.Conv2d):
+                fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels // m.groups
+                normal_init(m, mean=0., std=(2.0 / fan_out) ** 0.5, bias=0.)
+            elif isinstance(m, (nn.LayerNorm, _BatchNorm)):
+                constant_init(m, 1., bias=0.)
+
+    def _freeze_stages(self):
+        frozen = []
+        if self.frozen_stages >= 0:
+            frozen.append(self.stem)
+        for i in range(self.frozen_stages):
+            frozen += [self.patch_embeds[i], self.stages[i]]
+            if i in self.out_indices and self.out_norm:
+                frozen.append(getattr(self, f'out_norm{i}'))
+        for m in frozen:
+            m.eval()
+            for p in m.parameters():
+                p.requires_grad = False
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self._freeze_stages()
+        if mode and self.norm_eval:
+            for m in self.modules():
+                if isinstance(m, _BatchNorm):
+                    m.eval()
+        return self
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(
+                f'S2AFormer expects an NCHW tensor with {self.in_channels} channels, got shape '
+                f'{tuple(x.shape)}. Convert the image (e.g. grayscale -> RGB) or set in_channels.')
+        if min(x.shape[-2:]) < MIN_INPUT_SIZE:
+            raise ValueError(
+                f'Input {tuple(x.shape[-2:])} is smaller than {MIN_INPUT_SIZE}x{MIN_INPUT_SIZE}, the '
+                f'network\'s total stride; resize or pad the image to at least {MIN_INPUT_SIZE} pixels.')
+        # Channels-last makes the LayerNorm permutes free and speeds up CPU convs.
+        x = self.stem(x.contiguous(memory_format=torch.channels_last))
+        outs = []
+        for i in range(self.num_stages):
+            x = self.stages[i](self.patch_embeds[i](x))
+            if i in self.out_indices:
+                out = x
+                if self.out_norm:
+                    out = _to_channels_last_ln(getattr(self, f'out_norm{i}'), out)
+                outs.append(out.contiguous())
+        return tuple(outs)
