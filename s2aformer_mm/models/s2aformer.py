@@ -18,6 +18,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint as cp
 from mmcv.cnn import build_activation_layer, build_norm_layer
 from mmcv.cnn.bricks import DropPath
+from mmengine.logging import print_log
 from mmengine.model import BaseModule, ModuleList, Sequential
 from mmengine.model.weight_init import (constant_init, normal_init,
                                         trunc_normal_init)
@@ -395,6 +396,9 @@ class S2AFormer(BaseModule):
         super().init_weights()
         if cfg is not None:
             return
+        print_log('S2AFormer: init_cfg=None, so no pretrained weights are loaded and the backbone '
+                  'is trained from scratch (set init_cfg=dict(type="Pretrained", checkpoint=..., '
+                  'prefix="backbone.") to start from an ImageNet checkpoint).', logger='current')
         for m in self.modules():
             if isinstance(m, nn.Linear):
                 trunc_normal_init(m, std=.02, bias=0.)
