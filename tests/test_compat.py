@@ -1,0 +1,44 @@
+"""Import-time stack checks give errors that name the problem and the fix."""
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+
+def _import_with(patch: str) -> subprocess.CompletedProcess:
+    code = textwrap.dedent(patch) + '\nimport s2aformer_mm\n'
+    return subprocess.run([sys.executable, '-c', code], capture_output=True, text=True)
+
+
+def test_mmcv_without_ops():
+    out = _import_with('''
+        import importlib.util
+        real = importlib.util.find_spec
+        importlib.util.find_spec = lambda name, *a: None if name == 'mmcv._ext' else real(name, *a)
+    ''')
+    assert out.returncode != 0
+    assert 'without its compiled ops' in out.stderr and 'MMCV_WITH_OPS=1' in out.stderr
+
+
+@pytest.mark.parametrize('fake, expected', [('2.2.0', 'mmcv 2.2.0 is incompatible'),
+                                             (None, 'mmcv is not installed')])
+def test_mmcv_version(fake, expected):
+    out = _import_with(f'''
+        import importlib.metadata as md
+        real = md.version
+        def version(name):
+            if name == 'mmcv':
+                if {fake!r} is None:
+                    raise md.PackageNotFoundError(name)
+                return {fake!r}
+            return real(name)
+        md.version = version
+    ''')
+    assert out.returncode != 0
+    assert expected in out.stderr and 'tools/setup_env.sh' in out.stderr
+
+
+def test_compatible_stack_imports():
+    out = _import_with('')
+    assert out.returncode == 0, out.stderr
