@@ -14,10 +14,13 @@ attribute of any allowed object, so the name ``builtins.getattr`` is bound to
 """
 import os
 import re
-from typing import Dict, Iterable, List
+import tempfile
+from pathlib import Path
+from typing import Dict, Iterable, List, Union
 
 import numpy as np
 import torch
+from mmengine.fileio import LocalBackend, register_backend
 from mmengine.logging import HistoryBuffer, print_log
 
 _HB_METHODS = frozenset(
@@ -157,3 +160,42 @@ def _report(path, missing, mismatched, unexpected) -> str:
     lines.append('  Is it a checkpoint of the same variant (arch) and the right prefix? '
                  "To load what matches anyway, add strict=False to the Pretrained init_cfg.")
     return '\n'.join(lines)
+
+
+class AtomicLocalBackend(LocalBackend):
+    """Local file backend whose writes are atomic: a temporary file in the same
+    directory is written, fsync'ed and renamed over the target (``os.replace``).
+
+    mmengine's ``LocalBackend.put`` writes the checkpoint in place, so a job killed
+    while saving leaves a truncated ``iter_N.pth``. With this backend a kill leaves
+    either the complete new file or none, and the previous checkpoint stays usable.
+    Select it with ``default_hooks.checkpoint.backend_args=dict(backend='atomic_local')``
+    (the project's tools do so by default).
+    """
+
+    def put(self, obj: bytes, filepath: Union[str, Path]) -> None:
+        self._atomic_write(obj, filepath)
+
+    def put_text(self, obj: str, filepath: Union[str, Path], encoding: str = 'utf-8') -> None:
+        self._atomic_write(obj.encode(encoding), filepath)
+
+    @staticmethod
+    def _atomic_write(data: bytes, filepath: Union[str, Path]) -> None:
+        filepath = os.fspath(filepath)
+        folder = os.path.dirname(os.path.abspath(filepath))
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f'.{os.path.basename(filepath)}.',
+                                   suffix='.tmp')
+        try:
+            with os.fdopen(fd, 'wb') as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, filepath)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+
+register_backend('atomic_local', AtomicLocalBackend, force=True)

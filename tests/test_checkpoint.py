@@ -155,3 +155,33 @@ def test_truncated_checkpoint_names_file(runner_ckpt, tmp_path):
     bad.write_bytes(data[: len(data) // 2])
     with pytest.raises(RuntimeError, match='truncated.pth.*corrupt or truncated'):
         safe_load(str(bad))
+
+
+
+def test_atomic_save_survives_sigkill(tmp_path):
+    """A process SIGKILLed in the middle of saving leaves the previous checkpoint intact."""
+    import signal
+    target = tmp_path / 'ckpt.pth'
+    torch.save({'step': 0, 'w': torch.zeros(3)}, target)
+    code = textwrap.dedent(f'''
+        import os, time, torch, s2aformer_mm
+        from mmengine.runner.checkpoint import save_checkpoint
+        def stall(fd):  # the new bytes are written; stop here, before the rename
+            print('MIDSAVE', flush=True)
+            time.sleep(60)
+        os.fsync = stall
+        save_checkpoint({{'step': 1, 'w': torch.ones(1 << 20)}}, {str(target)!r},
+                        backend_args=dict(backend='atomic_local'))
+    ''')
+    proc = subprocess.Popen([sys.executable, '-c', code], stdout=subprocess.PIPE, text=True)
+    try:
+        for line in proc.stdout:  # skip mmengine's log lines
+            if line.strip() == 'MIDSAVE':
+                break
+        else:
+            raise AssertionError('the save never reached its write stage')
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    ck = safe_load(str(target))
+    assert ck['step'] == 0 and torch.equal(ck['w'], torch.zeros(3))
