@@ -1,0 +1,16 @@
+# S2AFormer-T backbone settings shared by every task (inherit this file by path).
+#
+# No `model = dict(backbone=...)` here: mmengine forbids the same top-level key
+# in two sibling `_base_` files, and task configs also inherit the libraries'
+# model bases (fpn_r50.py, retinanet_r50_fpn_1x_coco.py, ...), which define
+# `model`. A child reads these variables through `_base_` instead:
+#     _base_ = ['mmseg::_base_/models/fpn_r50.py', '/path/to/s2aformer_t.py']
+#     model = dict(backbone=dict(_delete_=True, **_base_.s2aformer_backbone),
+#                  neck=dict(in_channels=_base_.s2aformer_channels))
+custom_imports = dict(imports=['s2aformer_mm'], allow_failed_imports=False)
+
+# Stage widths C1..C4 (paper Table II), for necks and heads.
+s2aformer_channels = [48, 64, 128, 256]
+# The paper gives no drop-path rate. EdgeNeXt, whose recipe the paper follows,
+# uses none for its smallest models (12 blocks here).
+s2aformer_backbone = dict(type='S2AFormer', arch='t', drop_path_rate=0.0)

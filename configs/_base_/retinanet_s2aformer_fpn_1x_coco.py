@@ -1,0 +1,27 @@
+# RetinaNet with an S2AFormer backbone on COCO (paper Sec. IV-C): 1x schedule
+# (12 epochs), total batch 16, AdamW lr 1e-4. The variant configs
+# (configs/mmdet/retinanet_s2aformer_*_fpn_1x_coco.py) add the backbone settings.
+_base_ = ['mmdet::retinanet/retinanet_r50_fpn_1x_coco.py']
+
+model = dict(
+    backbone=dict(
+        _delete_=True,
+        type='S2AFormer',
+        # Strides 8/16/32 feed the FPN (P3-P5); P6/P7 come from C5 ('on_input').
+        # Stage 1 is not returned so no output norm sits unused (DDP would fail).
+        out_indices=(1, 2, 3),
+        out_norm=True,
+        # Paper: "normalization layers frozen".
+        norm_eval=True),
+    neck=dict(start_level=0))
+
+# mmdet's 1x schedule is kept (12 epochs, 500-iter warm-up, steps at 8 and 11);
+# only the optimizer changes (AdamW, as for transformer backbones).
+optim_wrapper = dict(
+    _delete_=True,
+    type='OptimWrapper',
+    optimizer=dict(type='AdamW', lr=1e-4, betas=(0.9, 0.999), weight_decay=0.05))
+# Total batch 16 = 4 GPUs x 4 images (paper); `--auto-scale-lr` rescales lr
+# linearly for another total batch.
+train_dataloader = dict(batch_size=4)
+auto_scale_lr = dict(enable=False, base_batch_size=16)
