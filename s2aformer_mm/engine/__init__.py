@@ -1,0 +1,22 @@
+"""Training / testing plumbing shared by ``tools/train.py`` and ``tools/test.py``.
+
+Importing this package registers, in mmengine's root registries (visible from
+the ``mmpretrain`` / ``mmseg`` / ``mmdet`` scopes):
+
+* ``CPUDistributedDataParallel`` (``MODEL_WRAPPERS``): DDP without
+  ``device_ids`` and without SyncBN, for gloo runs on machines without CUDA;
+* ``BF16AutocastOptimWrapper`` (``OPTIM_WRAPPERS``): ``--amp`` on CPU;
+* ``DumpPredictions`` (``METRICS``): ``tools/test.py --out`` without logits.
+"""
+from .distributed import (CPUDistributedDataParallel, destroy_distributed,
+                          init_distributed)
+from .evaluation import DumpPredictions
+from .launch import (DatasetNotFoundError, InputNotFoundError, check_data_dirs,
+                     parse_test_args, parse_train_args, run_test, run_train)
+from .optim import BF16AutocastOptimWrapper
+
+__all__ = [
+    'CPUDistributedDataParallel', 'BF16AutocastOptimWrapper', 'DumpPredictions',
+    'DatasetNotFoundError', 'InputNotFoundError', 'init_distributed', 'destroy_distributed',
+    'check_data_dirs', 'parse_train_args', 'parse_test_args', 'run_train', 'run_test'
+]

@@ -1,0 +1,102 @@
+"""Process-group set-up and a DDP wrapper that also work without CUDA.
+
+mmengine 0.10.7 assumes GPUs in its distributed path: ``init_dist`` always
+calls ``torch.cuda.set_device`` and defaults to nccl, ``Runner.wrap_model``
+always passes ``device_ids=[LOCAL_RANK]`` and keeps SyncBN when distributed.
+The tools initialise the process group here *before* building the Runner (the
+Runner then skips ``init_dist``) and select :class:`CPUDistributedDataParallel`
+through ``model_wrapper_cfg`` when CUDA is unavailable.
+"""
+import os
+import subprocess
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+from mmengine.dist import init_dist
+from mmengine.model import MMDistributedDataParallel, revert_sync_batchnorm
+from mmengine.registry import MODEL_WRAPPERS
+
+LAUNCHERS = ('none', 'pytorch', 'slurm', 'mpi')
+
+
+def _env_from_scheduler(launcher: str) -> None:
+    """Map slurm / OpenMPI variables to the ``env://`` ones (CPU path only)."""
+    if launcher == 'slurm':
+        env = dict(RANK='SLURM_PROCID', WORLD_SIZE='SLURM_NTASKS', LOCAL_RANK='SLURM_LOCALID')
+        if 'MASTER_ADDR' not in os.environ:
+            nodes = os.environ['SLURM_NODELIST']
+            os.environ['MASTER_ADDR'] = subprocess.getoutput(
+                f'scontrol show hostname {nodes} | head -n1')
+    else:  # mpi
+        env = dict(RANK='OMPI_COMM_WORLD_RANK', WORLD_SIZE='OMPI_COMM_WORLD_SIZE',
+                   LOCAL_RANK='OMPI_COMM_WORLD_LOCAL_RANK')
+    for key, src in env.items():
+        if src not in os.environ:
+            starter = 'srun (tools/slurm_train.sh)' if launcher == 'slurm' else 'mpirun'
+            raise RuntimeError(f'--launcher {launcher} expects ${src} to be set; start the job '
+                               f'with {starter}.')
+        os.environ[key] = os.environ[src]
+    os.environ.setdefault('MASTER_PORT', '29500')
+
+
+def init_distributed(launcher: str, backend: str = None, timeout: int = 1800) -> str:
+    """Initialise the default process group for ``launcher``; return the backend.
+
+    ``backend=None`` picks nccl with CUDA and gloo without. On CUDA slurm/mpi
+    launches are delegated to mmengine's ``init_dist`` unchanged.
+    """
+    if launcher not in LAUNCHERS:
+        raise ValueError(f'Unknown launcher {launcher!r}; choose one of {LAUNCHERS}.')
+    if launcher == 'none' or dist.is_initialized():
+        return dist.get_backend() if dist.is_initialized() else 'none'
+    cuda = torch.cuda.is_available()
+    backend = backend or ('nccl' if cuda else 'gloo')
+    if backend == 'nccl' and not cuda:
+        raise RuntimeError('dist backend nccl needs CUDA, which is unavailable here; use gloo '
+                           '(the default without CUDA).')
+    if cuda and launcher != 'pytorch':
+        init_dist(launcher, backend=backend)
+        return backend
+    if launcher != 'pytorch':
+        _env_from_scheduler(launcher)
+    for key in ('RANK', 'WORLD_SIZE', 'MASTER_ADDR', 'MASTER_PORT'):
+        if key not in os.environ:
+            raise RuntimeError(f'--launcher {launcher}: ${key} is not set. Start the job with '
+                               f'torchrun (tools/dist_train.sh) or use --launcher none.')
+    if cuda:
+        # Only with CUDA: torch.cuda.set_device fails on CPU-only machines.
+        torch.cuda.set_device(int(os.environ.get('LOCAL_RANK', 0)))
+    dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout))
+    return backend
+
+
+def destroy_distributed(barrier: bool = True) -> None:
+    """Tear the process group down; without it gloo runs sometimes abort at exit.
+
+    ``barrier=False`` after an error: the other ranks may never reach a barrier,
+    and this rank must exit so that torchrun stops the job.
+    """
+    if dist.is_available() and dist.is_initialized():
+        if barrier:
+            dist.barrier()
+        dist.destroy_process_group()
+
+
+@MODEL_WRAPPERS.register_module()
+class CPUDistributedDataParallel(MMDistributedDataParallel):
+    """:class:`MMDistributedDataParallel` for modules on the CPU (gloo).
+
+    ``Runner.wrap_model`` passes ``device_ids=[LOCAL_RANK]``, which DDP rejects
+    for CPU modules, so it is dropped; SyncBN (inherited from OpenMMLab base
+    configs) needs CUDA, so it is reverted to BN before wrapping.
+    """
+
+    def __init__(self, module, detect_anomalous_params: bool = False, **kwargs):
+        if next(module.parameters()).device.type == 'cpu':
+            kwargs.pop('device_ids', None)
+            kwargs.pop('output_device', None)
+            module = revert_sync_batchnorm(module)
+        kwargs.setdefault('broadcast_buffers', False)
+        super().__init__(module=module, detect_anomalous_params=detect_anomalous_params,
+                         **kwargs)

@@ -1,0 +1,325 @@
+"""One code path for training and testing with mmpretrain, mmseg and mmdet.
+
+The config's ``default_scope`` selects the library; everything else
+(distributed set-up, CPU fall-backs, ``--amp``, ``--show-dir``, data checks) is
+the same for all three. ``tools/train.py`` and ``tools/test.py`` only call
+:func:`run_train` / :func:`run_test`.
+"""
+import argparse
+import copy
+import glob
+import json
+import os
+import os.path as osp
+from typing import Iterator, List, Optional, Tuple
+
+import torch
+from mmengine.config import Config, ConfigDict, DictAction
+from mmengine.dist import get_dist_info
+from mmengine.logging import print_log
+from mmengine.registry import RUNNERS, init_default_scope
+from mmengine.runner import Runner
+
+from ..integrations import SUPPORTED, require
+from .distributed import LAUNCHERS, destroy_distributed, init_distributed
+
+#: scope -> argument of tools/data/generate_demo_data.py, for error messages
+DEMO_KIND = {'mmpretrain': 'imagenet', 'mmseg': 'ade20k', 'mmdet': 'coco'}
+
+
+class InputNotFoundError(FileNotFoundError):
+    """A file or directory the run needs is absent; the tools print only the message."""
+
+
+class DatasetNotFoundError(InputNotFoundError):
+    """A dataset directory / annotation file named by the config is absent or empty."""
+
+
+# --------------------------------------------------------------------------- arguments
+def _common_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument('--work-dir', help='directory for logs and checkpoints '
+                        '(default: ./work_dirs/<config name>)')
+    parser.add_argument(
+        '--cfg-options', nargs='+', action=DictAction,
+        help='override config keys, e.g. train_dataloader.batch_size=4 '
+        'model.backbone.init_cfg=None (key=value, lists as key="[a,b]")')
+    parser.add_argument('--launcher', choices=LAUNCHERS, default='none',
+                        help='job launcher (tools/dist_*.sh use pytorch, tools/slurm_*.sh slurm)')
+    # torch.distributed.launch passes --local-rank; torchrun sets $LOCAL_RANK.
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+
+
+def parse_train_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description='Train an S2AFormer model (mmpretrain / mmseg / mmdet, chosen by the '
+        "config's default_scope)")
+    parser.add_argument('config', help='train config file path')
+    _common_args(parser)
+    parser.add_argument(
+        '--resume', nargs='?', type=str, const='auto',
+        help='resume from the checkpoint PATH; without PATH, from the latest checkpoint '
+        'in the work dir')
+    parser.add_argument('--amp', action='store_true',
+                        help='mixed precision: fp16 AmpOptimWrapper on CUDA, bf16 autocast on CPU')
+    parser.add_argument('--auto-scale-lr', action='store_true',
+                        help='scale lr linearly by total batch / auto_scale_lr.base_batch_size')
+    return parser.parse_args(argv)
+
+
+def parse_test_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description='Test (evaluate) an S2AFormer model')
+    parser.add_argument('config', help='test config file path')
+    parser.add_argument('checkpoint', help='checkpoint file')
+    _common_args(parser)
+    parser.add_argument('--out', help='dump the raw predictions to this .pkl file')
+    parser.add_argument('--show-dir', help='write prediction pictures to this directory')
+    parser.add_argument('--show', action='store_true', help='show predictions in a window')
+    parser.add_argument('--wait-time', type=float, default=2,
+                        help='seconds each picture is shown with --show')
+    return parser.parse_args(argv)
+
+
+# --------------------------------------------------------------------------- config
+def load_config(args: argparse.Namespace) -> Tuple[Config, str]:
+    """Read the config, apply ``--cfg-options`` / work dir / launcher; return (cfg, scope)."""
+    if not osp.isfile(args.config):
+        raise InputNotFoundError(f'Config file {args.config!r} does not exist.')
+    cfg = Config.fromfile(args.config)
+    if args.cfg_options:
+        cfg.merge_from_dict(args.cfg_options)
+    scope = cfg.get('default_scope')
+    if scope not in SUPPORTED:
+        raise ValueError(f'{args.config}: default_scope={scope!r}; it must name the library that '
+                         f'runs the config, one of {sorted(SUPPORTED)}.')
+    require(scope)
+    init_default_scope(scope)
+    cfg.launcher = args.launcher
+    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
+    cfg.work_dir = osp.abspath(
+        args.work_dir or cfg.get('work_dir')
+        or osp.join('work_dirs', osp.splitext(osp.basename(args.config))[0]))
+    return cfg, scope
+
+
+def setup_distributed(cfg: Config) -> None:
+    """Initialise the process group before the Runner exists (it then skips init_dist)."""
+    backend = cfg.get('env_cfg', {}).get('dist_cfg', {}).get('backend')
+    if not torch.cuda.is_available() and backend == 'nccl':
+        backend = None  # OpenMMLab defaults name nccl; fall back to gloo without CUDA
+    backend = init_distributed(cfg.launcher, backend)
+    if cfg.launcher == 'none':
+        return
+    env_cfg = cfg.setdefault('env_cfg', ConfigDict())
+    env_cfg.setdefault('dist_cfg', ConfigDict())['backend'] = backend
+    if not torch.cuda.is_available():
+        wrapper = cfg.get('model_wrapper_cfg') or ConfigDict()
+        if wrapper.get('type', 'MMDistributedDataParallel') not in (
+                'MMDistributedDataParallel', 'CPUDistributedDataParallel'):
+            raise ValueError(f'model_wrapper_cfg.type={wrapper["type"]!r} is not supported on CPU '
+                             'by the tools; remove it or use a GPU.')
+        wrapper['type'] = 'CPUDistributedDataParallel'
+        # Runner only reads the top-level flag when model_wrapper_cfg is None.
+        wrapper.setdefault('find_unused_parameters', cfg.get('find_unused_parameters', False))
+        cfg.model_wrapper_cfg = wrapper
+    rank, world = get_dist_info()
+    print(f'[s2aformer] rank {rank}/{world}: process group ready (backend {backend}, '
+          f'{"cuda" if torch.cuda.is_available() else "cpu"})', flush=True)
+
+
+def apply_amp(cfg: Config, enable: bool) -> None:
+    """fp16 ``AmpOptimWrapper`` on CUDA, :class:`BF16AutocastOptimWrapper` on CPU."""
+    wrapper = cfg.optim_wrapper
+    if torch.cuda.is_available():
+        if enable and wrapper.get('type') != 'AmpOptimWrapper':
+            wrapper.type = 'AmpOptimWrapper'
+            wrapper.setdefault('loss_scale', 'dynamic')
+        return
+    if enable or wrapper.get('type') == 'AmpOptimWrapper':
+        if not enable:
+            print_log('optim_wrapper is AmpOptimWrapper, which needs CUDA; using bf16 autocast '
+                      'on the CPU instead (BF16AutocastOptimWrapper).', logger='current', level=30)
+        wrapper.type = 'BF16AutocastOptimWrapper'
+        for key in ('loss_scale', 'dtype', 'use_fsdp'):
+            wrapper.pop(key, None)
+
+
+# --------------------------------------------------------------------------- checks
+def _dataset_paths(ds, where: str) -> Iterator[Tuple[str, str, bool]]:
+    """Yield (config key, path, is_dir) for a dataset config, through wrappers."""
+    if 'dataset' in ds:  # RepeatDataset, ClassBalancedDataset, ...
+        yield from _dataset_paths(ds['dataset'], f'{where}.dataset')
+        return
+    if 'datasets' in ds:  # ConcatDataset
+        for i, sub in enumerate(ds['datasets']):
+            yield from _dataset_paths(sub, f'{where}.datasets[{i}]')
+        return
+    root = ds.get('data_root') or ''
+    if root:
+        yield f'{where}.data_root', root, True
+    prefix = ds.get('data_prefix') or ''
+    prefixes = prefix.items() if isinstance(prefix, dict) else [('', prefix)]
+    if not prefix and ds.get('split'):  # mmpretrain ImageNet: data_prefix defaults to split
+        prefixes = [('', ds['split'])]
+    for key, path in prefixes:
+        if path:
+            name = f'{where}.data_prefix' + (f'.{key}' if key else '')
+            yield name, osp.join(root, path), True
+    if ds.get('ann_file'):
+        yield f'{where}.ann_file', osp.join(root, ds['ann_file']), False
+
+
+def check_data_dirs(cfg: Config, loaders: List[str]) -> None:
+    """Raise :class:`DatasetNotFoundError` before any worker starts if data is absent."""
+    kind = DEMO_KIND.get(cfg.get('default_scope'), '{imagenet,ade20k,coco}')
+    for loader in loaders:
+        if not cfg.get(loader):
+            continue
+        for key, path, is_dir in _dataset_paths(cfg[loader]['dataset'], f'{loader}.dataset'):
+            if '://' in path:
+                continue
+            problem = None
+            if is_dir and not osp.isdir(path):
+                problem = 'does not exist'
+            elif is_dir and not os.listdir(path):
+                problem = 'is empty'
+            elif not is_dir and not osp.isfile(path):
+                problem = 'does not exist'
+            if problem:
+                root = cfg[loader]['dataset'].get('data_root', 'DATA_ROOT')
+                raise DatasetNotFoundError(
+                    f'Dataset {"directory" if is_dir else "file"} {path!r} ({key}) {problem}. '
+                    f'Prepare the data set in the standard data/ layout (docs/datasets.md), or '
+                    f'generate a small demo copy: python tools/data/generate_demo_data.py {kind} '
+                    f'--root {root}, or point the config at your copy with --cfg-options '
+                    f'{loader}.dataset.data_root=PATH.')
+
+
+def check_pretrained(cfg: Config) -> None:
+    """A missing backbone checkpoint fails here, before data loading starts."""
+    init_cfg = cfg.get('model', {}).get('backbone', {}).get('init_cfg')
+    if not (isinstance(init_cfg, dict) and init_cfg.get('type') == 'Pretrained'):
+        return
+    path = init_cfg.get('checkpoint') or ''
+    if '://' not in path and not osp.isfile(path):
+        raise InputNotFoundError(
+            f'Backbone checkpoint {path!r} (model.backbone.init_cfg.checkpoint) does not exist. '
+            f'Train or download the ImageNet classifier (docs/datasets.md), pass '
+            f'--cfg-options model.backbone.init_cfg.checkpoint=PATH, or train from scratch with '
+            f'--cfg-options model.backbone.init_cfg=None.')
+
+
+# --------------------------------------------------------------------------- visualisation
+def enable_visualization(cfg: Config, scope: str, show_dir: Optional[str], show: bool,
+                         wait_time: float) -> None:
+    """Turn on the library's visualisation hook so test predictions are drawn."""
+    hook = cfg.get('default_hooks', {}).get('visualization')
+    if hook is None:
+        raise ValueError('--show/--show-dir need default_hooks.visualization in the config '
+                         '(VisualizationHook / SegVisualizationHook / DetVisualizationHook).')
+    hook.update(show=show, wait_time=wait_time)
+    if scope == 'mmpretrain':  # VisualizationHook(enable, out_dir)
+        hook.update(enable=True, interval=1, out_dir=show_dir)
+    elif scope == 'mmseg':  # SegVisualizationHook draws through the visualizer's backends
+        hook.update(draw=True, interval=1)
+        if show_dir:
+            cfg.visualizer['save_dir'] = show_dir
+        # The hook reads runner.iter, which builds the train loop and its data set even
+        # in test mode: give it the test data so testing never needs the training split.
+        cfg.train_dataloader = copy.deepcopy(cfg.test_dataloader)
+    else:  # mmdet DetVisualizationHook(test_out_dir)
+        hook.update(draw=True, interval=1, test_out_dir=show_dir)
+
+
+# --------------------------------------------------------------------------- entry points
+def _build_runner(cfg: Config) -> Runner:
+    return RUNNERS.build(cfg) if 'runner_type' in cfg else Runner.from_cfg(cfg)
+
+
+def run_train(args: argparse.Namespace) -> Runner:
+    cfg, scope = load_config(args)
+    check_data_dirs(cfg, ['train_dataloader'] + (['val_dataloader'] if cfg.get('val_cfg') else []))
+    check_pretrained(cfg)
+    apply_amp(cfg, args.amp)
+    if args.auto_scale_lr:
+        if 'base_batch_size' not in cfg.get('auto_scale_lr', {}):
+            raise ValueError(f'--auto-scale-lr: {args.config} has no auto_scale_lr.base_batch_size '
+                             f'(the total batch its lr is tuned for).')
+        cfg.auto_scale_lr.enable = True
+    if args.resume == 'auto':
+        cfg.resume, cfg.load_from = True, None
+    elif args.resume:
+        cfg.resume, cfg.load_from = True, args.resume
+    setup_distributed(cfg)
+    try:
+        runner = _build_runner(cfg)
+        runner.train()
+    except BaseException:
+        destroy_distributed(barrier=False)
+        raise
+    rank, world = get_dist_info()
+    print(f'[s2aformer] rank {rank}/{world}: training finished at iteration {runner.iter} '
+          f'(epoch {runner.epoch}); work dir {cfg.work_dir}', flush=True)
+    destroy_distributed()
+    return runner
+
+
+def run_test(args: argparse.Namespace) -> dict:
+    cfg, scope = load_config(args)
+    check_data_dirs(cfg, ['test_dataloader'])
+    if not osp.isfile(args.checkpoint) and '://' not in args.checkpoint:
+        raise InputNotFoundError(f'Checkpoint {args.checkpoint!r} does not exist.')
+    cfg.load_from = args.checkpoint
+    if args.show or args.show_dir:
+        show_dir = osp.abspath(args.show_dir) if args.show_dir else None
+        enable_visualization(cfg, scope, show_dir, args.show, args.wait_time)
+    if args.out:
+        if not args.out.endswith(('.pkl', '.pickle')):
+            raise ValueError(f'--out {args.out!r}: the predictions are pickled; use a .pkl name.')
+        dump = dict(type='DumpDetResults' if scope == 'mmdet' else 'mmengine.DumpPredictions',
+                    out_file_path=args.out)
+        evaluators = cfg.test_evaluator
+        cfg.test_evaluator = (list(evaluators) if isinstance(evaluators, (list, tuple))
+                              else [evaluators]) + [dump]
+    setup_distributed(cfg)
+    try:
+        runner = _build_runner(cfg)
+        metrics = runner.test()
+    except BaseException:
+        destroy_distributed(barrier=False)
+        raise
+    rank = get_dist_info()[0]
+    destroy_distributed()
+    metrics = {k: (float(v) if isinstance(v, (int, float)) or hasattr(v, 'item') else v)
+               for k, v in metrics.items()}
+    if rank == 0:
+        with open(osp.join(cfg.work_dir, 'test_metrics.json'), 'w') as f:
+            json.dump(metrics, f, indent=1, default=str)
+        print(f'[s2aformer] test metrics: {json.dumps(metrics, default=str)}', flush=True)
+        if args.show_dir:
+            pics = [p for p in glob.glob(osp.join(osp.abspath(args.show_dir), '**', '*'),
+                                         recursive=True)
+                    if p.lower().endswith(('.png', '.jpg', '.jpeg'))]
+            dirs = sorted({osp.dirname(p) for p in pics})
+            print(f'[s2aformer] {len(pics)} prediction pictures written to '
+                  f'{", ".join(dirs) or args.show_dir}', flush=True)
+    return metrics
+
+
+def save_initial_checkpoint(config: str, out: str, cfg_options: Optional[dict] = None,
+                            seed: int = 0) -> str:
+    """Save the weights a training run starts from (``init_weights``), e.g. to
+    evaluate the untrained model with ``tools/test.py`` as a baseline."""
+    from mmengine.registry import MODELS
+    from mmengine.runner import set_random_seed
+
+    cfg = Config.fromfile(config)
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    require(cfg.default_scope)
+    init_default_scope(cfg.default_scope)
+    set_random_seed(seed)
+    model = MODELS.build(cfg.model)
+    model.init_weights()
+    os.makedirs(osp.dirname(osp.abspath(out)), exist_ok=True)
+    torch.save(dict(meta=dict(iter=0, epoch=0, seed=seed), state_dict=model.state_dict()), out)
+    return out

@@ -1,0 +1,227 @@
+"""End-to-end tests of tools/train.py, tools/test.py and tools/dist_train.sh on CPU.
+
+Every task family trains a few iterations of its *shipped* config (shrunk through
+``--cfg-options``) on procedurally generated data in the real formats, then is
+evaluated; the metrics are read from ``tools/test.py``'s output. Subprocesses run
+with one thread each: the machine may be shared, and oversubscribed OpenMP
+threads slow small models down by an order of magnitude.
+"""
+import json
+import os
+import random
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from s2aformer_mm.datasets import generate_ade20k, generate_coco, generate_imagenet
+from s2aformer_mm.datasets.synthetic import ADE_BACKGROUNDS, ADE_OBJECTS, COCO_DEMO_IDS
+
+REPO = Path(__file__).resolve().parents[1]
+ENV = dict(os.environ, OMP_NUM_THREADS='1', MKL_NUM_THREADS='1')
+CLS_CFG = 'configs/mmpretrain/s2aformer_mini_4xb256_in1k.py'
+SEG_CFG = 'configs/mmseg/fpn_s2aformer_mini_ade20k.py'
+RETINA_CFG = 'configs/mmdet/retinanet_s2aformer_mini_fpn_1x_coco.py'
+MASK_CFG = 'configs/mmdet/mask-rcnn_s2aformer_mini_fpn_1x_coco.py'
+LOADERS = ('train_dataloader', 'val_dataloader', 'test_dataloader')
+
+
+def run(cmd, expect_ok=True, timeout=420):
+    proc = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True,
+                          timeout=timeout)
+    out = proc.stdout + proc.stderr
+    if expect_ok:
+        assert proc.returncode == 0, f'{" ".join(map(str, cmd))} failed:\n{out[-6000:]}'
+    return proc.returncode, out
+
+
+def tool(name, *args, **kwargs):
+    return run([sys.executable, f'tools/{name}.py', *map(str, args)], **kwargs)
+
+
+def test_metrics(out):
+    match = re.search(r'\[s2aformer\] test metrics: (\{.*\})', out)
+    assert match, f'no metrics line in the output:\n{out[-3000:]}'
+    return json.loads(match.group(1))
+
+
+test_metrics.__test__ = False  # a helper, not a test
+
+
+def loader_opts(root, batch=2, extra=()):
+    opts = []
+    for loader in LOADERS:
+        opts += [f'{loader}.dataset.data_root={root}', f'{loader}.num_workers=0',
+                 f'{loader}.persistent_workers=False']
+    opts += [f'train_dataloader.batch_size={batch}', 'val_dataloader.batch_size=2',
+             'test_dataloader.batch_size=2', 'default_hooks.logger.interval=1', *extra]
+    return opts
+
+
+@pytest.fixture(scope='module')
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp('data')
+    generate_imagenet(str(root / 'imagenet'), num_train=8, num_val=4, size=64)
+    generate_ade20k(str(root / 'ade'), num_train=8, num_val=4, size=64)
+    generate_coco(str(root / 'coco'), num_train=8, num_val=4, size=128)
+    return root
+
+
+# --------------------------------------------------------------------------- data formats
+def test_generated_formats(data):
+    from mmdet.datasets import CocoDataset
+    from mmseg.datasets import ADE20KDataset
+    from pycocotools.coco import COCO
+
+    import cv2
+    labels = np.unique(np.concatenate([
+        np.unique(cv2.imread(str(p), cv2.IMREAD_UNCHANGED))
+        for p in (data / 'ade' / 'annotations' / 'training').glob('*.png')]))
+    assert 0 in labels  # ADE's "other" (ignored with reduce_zero_label)
+    allowed = {0, *ADE_BACKGROUNDS.values(), *(i for _, i in ADE_OBJECTS)}
+    assert set(labels.tolist()) <= allowed
+    ade_classes = ADE20KDataset.METAINFO['classes']
+    for name, idx in [*ADE_BACKGROUNDS.items(), *ADE_OBJECTS]:
+        assert ade_classes[idx - 1] == name
+
+    coco = COCO(str(data / 'coco' / 'annotations' / 'instances_val2017.json'))
+    cats = coco.loadCats(coco.getCatIds())
+    assert [c['name'] for c in cats] == list(CocoDataset.METAINFO['classes'])
+    anns = coco.loadAnns(coco.getAnnIds())
+    assert anns and {a['category_id'] for a in anns} <= set(COCO_DEMO_IDS)
+    mask = coco.annToMask(anns[0])
+    assert abs(mask.sum() - anns[0]['area']) <= 0.1 * anns[0]['area']
+
+    lines = (data / 'imagenet' / 'meta' / 'train.txt').read_text().split()
+    assert (data / 'imagenet' / 'train' / lines[0]).is_file()
+
+
+# --------------------------------------------------------------------------- classification
+@pytest.fixture(scope='module')
+def cls_run(data, tmp_path_factory):
+    work = tmp_path_factory.mktemp('cls')
+    opts = loader_opts(data / 'imagenet', batch=4, extra=['train_cfg.max_epochs=1'])
+    _, out = tool('train', CLS_CFG, '--work-dir', work, '--cfg-options', *opts)
+    ckpt = work / 'epoch_1.pth'
+    assert ckpt.is_file(), out[-3000:]
+    return work, ckpt, opts
+
+
+def test_classification_train_and_test(cls_run):
+    work, ckpt, opts = cls_run
+    _, out = tool('test', CLS_CFG, ckpt, '--work-dir', work, '--show-dir', work / 'show',
+                  '--cfg-options', *opts)
+    metrics = test_metrics(out)
+    assert 0 <= metrics['accuracy/top1'] <= 100
+    assert len(list((work / 'show').rglob('*.png'))) == 4
+    assert json.loads((work / 'test_metrics.json').read_text()) == metrics
+
+
+# --------------------------------------------------------------------------- Semantic FPN
+SEG_SMALL = [
+    'train_dataloader.dataset.pipeline.2.scale=(256,64)',
+    'train_dataloader.dataset.pipeline.3.crop_size=(64,64)',
+    'model.data_preprocessor.size=(64,64)',
+    'val_dataloader.dataset.pipeline.1.scale=(256,64)',
+    'test_dataloader.dataset.pipeline.1.scale=(256,64)',
+]
+
+
+def seg_opts(data, iters, extra=()):
+    return loader_opts(data / 'ade', extra=[
+        *SEG_SMALL, f'train_cfg.max_iters={iters}', f'train_cfg.val_interval={iters}',
+        f'default_hooks.checkpoint.interval={iters}', *extra])
+
+
+def test_semantic_fpn_from_classifier_resume_and_test(data, cls_run, tmp_path):
+    _, cls_ckpt, _ = cls_run
+    opts = seg_opts(data, 2, [f'model.backbone.init_cfg.checkpoint={cls_ckpt}'])
+    _, out = tool('train', SEG_CFG, '--work-dir', tmp_path, '--cfg-options', *opts)
+    # Every backbone tensor of the classifier is loaded through prefix='backbone.';
+    # only the dense-only output norms are new.
+    match = re.search(r'Loaded (\d+)/(\d+) backbone tensors from (\S+?)(?:; newly initialised: '
+                      r'(.*))?$', out, re.M)
+    assert match, out[-3000:]
+    loaded, total = int(match.group(1)), int(match.group(2))
+    new = [k.strip() for k in (match.group(4) or '').split(',') if k.strip()]
+    assert loaded > 100 and all(k.startswith('out_norm') for k in new), match.group(0)
+    assert loaded + 2 * 4 == total  # 4 output LayerNorms (weight + bias)
+    assert 'Iter(val) [2/2]' in out and 'mIoU' in out
+
+    # Resume (auto: latest checkpoint in the work dir) continues at iteration 3.
+    opts = seg_opts(data, 4, [f'model.backbone.init_cfg.checkpoint={cls_ckpt}'])
+    _, out = tool('train', SEG_CFG, '--work-dir', tmp_path, '--resume', '--cfg-options', *opts)
+    assert re.search(r'resumed epoch: \d+, iter: 2', out), out[-3000:]
+    assert 'Iter(train) [3/4]' in out and 'Iter(train) [1/4]' not in out
+    assert '[s2aformer] rank 0/1: training finished at iteration 4' in out
+
+    show = tmp_path / 'show'
+    _, out = tool('test', SEG_CFG, tmp_path / 'iter_4.pth', '--work-dir', tmp_path,
+                  '--show-dir', show, '--out', tmp_path / 'preds.pkl', '--cfg-options', *opts)
+    metrics = test_metrics(out)
+    assert {'mIoU', 'aAcc', 'mAcc'} <= set(metrics) and 0 <= metrics['mIoU'] <= 100
+    assert len(list(show.rglob('*.png'))) == 4
+    assert (tmp_path / 'preds.pkl').stat().st_size > 0
+
+
+def test_dist_train_two_cpu_processes(data, tmp_path):
+    opts = seg_opts(data, 2, ['model.backbone.init_cfg=None'])
+    ENV['PORT'] = str(random.randint(29600, 29999))
+    _, out = run(['bash', 'tools/dist_train.sh', SEG_CFG, '2', '--work-dir', tmp_path,
+                  '--cfg-options', *opts])
+    for rank in (0, 1):
+        assert f'[s2aformer] rank {rank}/2: process group ready (backend gloo, cpu)' in out
+        assert f'[s2aformer] rank {rank}/2: training finished at iteration 2' in out
+    assert 'GPU number: 2' in out  # the Runner's world size
+    assert (tmp_path / 'iter_2.pth').is_file()
+
+
+# --------------------------------------------------------------------------- detection
+def det_opts(data, extra=()):
+    ann = data / 'coco' / 'annotations' / 'instances_val2017.json'
+    return loader_opts(data / 'coco', extra=[
+        'train_dataloader.dataset.pipeline.2.scale=(128,128)',
+        'val_dataloader.dataset.pipeline.1.scale=(128,128)',
+        'test_dataloader.dataset.pipeline.1.scale=(128,128)',
+        # CocoMetric's ann_file is spelled out from data_root when the base is parsed.
+        f'val_evaluator.ann_file={ann}', f'test_evaluator.ann_file={ann}',
+        'train_cfg.max_epochs=1', 'model.backbone.init_cfg=None', *extra])
+
+
+# After two iterations no score passes the configs' 0.05 threshold and CocoMetric
+# would return nothing ("results ... empty"); keep every detection instead.
+@pytest.mark.parametrize('config,metric_keys,train_args,score_thr', [
+    (RETINA_CFG, ['coco/bbox_mAP'], [], 'model.test_cfg.score_thr=0'),
+    # --amp on CPU: bf16 autocast, with mmcv nms / roi_align kept in fp32.
+    (MASK_CFG, ['coco/bbox_mAP', 'coco/segm_mAP'], ['--amp'], 'model.test_cfg.rcnn.score_thr=0'),
+], ids=['retinanet', 'mask-rcnn-amp'])
+def test_detection_train_and_test(data, tmp_path, config, metric_keys, train_args, score_thr):
+    opts = det_opts(data, [score_thr])
+    _, out = tool('train', config, '--work-dir', tmp_path, *train_args, '--cfg-options', *opts)
+    if train_args:
+        assert 'BF16AutocastOptimWrapper' in out
+    show = tmp_path / 'show'
+    _, out = tool('test', config, tmp_path / 'epoch_1.pth', '--work-dir', tmp_path,
+                  '--show-dir', show, '--out', tmp_path / 'dets.pkl', '--cfg-options', *opts)
+    metrics = test_metrics(out)
+    for key in metric_keys:
+        assert key in metrics and -1 <= metrics[key] <= 1, metrics
+    assert (tmp_path / 'dets.pkl').stat().st_size > 0
+    assert len(list(show.rglob('*.jpg')) + list(show.rglob('*.png'))) == 4
+
+
+# --------------------------------------------------------------------------- errors
+@pytest.mark.parametrize('state', ['missing', 'empty'])
+def test_missing_dataset_is_a_clear_error(tmp_path, state):
+    root = tmp_path / 'ade'
+    if state == 'empty':
+        root.mkdir()
+    rc, out = tool('train', SEG_CFG, '--work-dir', tmp_path, '--cfg-options',
+                   f'train_dataloader.dataset.data_root={root}', expect_ok=False)
+    assert rc != 0
+    problem = 'does not exist' if state == 'missing' else 'is empty'
+    assert f"Dataset directory '{root}' (train_dataloader.dataset.data_root) {problem}" in out
+    assert 'generate_demo_data.py ade20k' in out and 'Traceback' not in out
