@@ -22,7 +22,7 @@ TORCH_SPEC="${TORCH_SPEC:-torch==2.14.1}"
 TORCHVISION_SPEC="${TORCHVISION_SPEC:-torchvision==0.29.1}"
 MMCV_VERSION="2.1.0"
 STACK=(mmengine==0.10.7 mmpretrain==1.2.0 mmsegmentation==1.2.2 mmdet==3.3.0
-       ftfy regex "pycocotools>=2.0.8" "setuptools<80" ninja psutil pytest)
+       ftfy regex "pycocotools>=2.0.8" "setuptools<80" ninja psutil pytest onnx==1.23.2 onnxruntime==1.32.0 onnxscript==0.7.2)
 
 t0=$SECONDS
 step() { printf '\n[setup %4ds] %s\n' "$((SECONDS - t0))" "$*"; }

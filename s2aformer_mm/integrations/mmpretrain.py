@@ -8,6 +8,7 @@ from mmpretrain.models.heads import ClsHead
 from mmpretrain.registry import MODELS
 from mmpretrain.structures import DataSample
 
+from .. import deploy as _dp
 from ..models import S2AFormer
 
 MODELS.register_module(module=S2AFormer)
@@ -50,9 +51,36 @@ class S2AFormerClsHead(ClsHead):
 
     def forward(self, feats: Tuple[torch.Tensor]) -> torch.Tensor:
         x = self.pre_logits(feats)
+        if self.head_dist is None:  # deploy form: the two heads are merged into self.head
+            return self.head(x)
         return (self.head(x) + self.head_dist(x)) / 2
 
+    @torch.no_grad()
+    def switch_to_deploy(self) -> 'S2AFormerClsHead':
+        """Inference form, in place (sets eval mode); exact up to rounding:
+        ``norm`` (BN right after the 1x1 conv) folds into the conv (mmcv's
+        ``_fuse_conv_bn``), dropout is the identity in eval, and the average of the
+        two linear heads ``(W1 x + b1 + W2 x + b2) / 2`` is the single linear
+        ``((W1 + W2) / 2, (b1 + b2) / 2)``. Inference only afterwards."""
+        if self.head_dist is None:
+            return self
+        self.eval()
+        if isinstance(self.norm, nn.modules.batchnorm._BatchNorm):
+            _dp.fold_bn_into_conv(self.conv, self.norm)
+            self.norm = nn.Identity()
+        self.dropout = nn.Identity()
+        self.head = _dp.merge_linears(self.head, self.head_dist)
+        self.head_dist = None
+        return self.eval()
+
+    @property
+    def deploy(self) -> bool:
+        return self.head_dist is None
+
     def loss(self, feats: Tuple[torch.Tensor], data_samples: List[DataSample], **kwargs) -> dict:
+        if self.deploy:
+            raise RuntimeError('S2AFormerClsHead is in deploy form (heads merged, BN folded): '
+                               'inference only.')
         x = self.pre_logits(feats)
         losses = self._get_loss(self.head(x), data_samples, **kwargs)
         dist = self._get_loss(self.head_dist(x), data_samples, **kwargs)

@@ -24,6 +24,7 @@ from mmengine.model.weight_init import (constant_init, normal_init,
                                         trunc_normal_init)
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from .. import deploy as _dp
 from ..checkpoint import load_backbone_pretrained
 
 STEM_CHANNELS = (16, 16, 32)
@@ -39,6 +40,109 @@ def _to_channels_last_ln(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
     which is what :class:`S2AFormer` uses internally.
     """
     return norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+# --------------------------------------------------------------------------- attention
+#: Elements of one ``(B, h, chunk, Ns)`` logits block in the strip-attention kernel
+#: (1 MiB in fp32): small enough to stay in cache, large enough to amortise the loop.
+STRIP_ATTN_BLOCK = 1 << 18
+
+
+def _strip_chunk(q: torch.Tensor, k: torch.Tensor) -> int:
+    return max(16, STRIP_ATTN_BLOCK // max(1, q.shape[0] * q.shape[1] * k.shape[-2]))
+
+
+def _strip_attention_fwd(q, k, v, scale: float, chunk: int):
+    """Chunked ``softmax(scale * q k^T) v`` for 1-d queries/keys; also returns the
+    row log-sum-exp. The logits of a head are rank-1 (``scale * q_i * k_j``), so
+    they are an outer product (no GEMM) and the row maximum is exact and free:
+    ``q_i * max_j k_j`` if ``q_i >= 0`` else ``q_i * min_j k_j``."""
+    kt = k.transpose(-2, -1) * scale                          # B h 1 Ns
+    kmax, kmin = kt.amax(-1, keepdim=True), kt.amin(-1, keepdim=True)
+    outs, lses = [], []
+    for s in range(0, q.shape[-2], chunk):
+        qc = q[..., s:s + chunk, :]                           # B h n 1
+        m = torch.where(qc >= 0, qc * kmax, qc * kmin)        # exact row max of qc * kt
+        p = torch.exp(qc * kt - m)                            # B h n Ns (one block only)
+        l = p.sum(-1, keepdim=True)
+        outs.append((p @ v) / l)
+        lses.append(m + l.log())
+    return torch.cat(outs, -2), torch.cat(lses, -2)
+
+
+class _StripAttentionFunction(torch.autograd.Function):
+    """Memory-efficient strip attention: saves ``q, k, v, out`` and the row
+    log-sum-exp (``O(N)``), never the ``N x Ns`` probabilities, and recomputes
+    them block by block in backward (the flash-attention recurrences, specialised
+    to 1-d queries/keys)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, scale, chunk):
+        out, lse = _strip_attention_fwd(q, k, v, scale, chunk)
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.scale, ctx.chunk = scale, chunk
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        q, k, v, out, lse = ctx.saved_tensors
+        scale, chunk = ctx.scale, ctx.chunk
+        dout = dout.contiguous()
+        kt = k.transpose(-2, -1) * scale                      # B h 1 Ns
+        vt = v.transpose(-2, -1)
+        dq = torch.empty_like(q)
+        dkt = torch.zeros_like(kt)
+        dv = torch.zeros_like(v)
+        delta = (dout * out).sum(-1, keepdim=True)            # B h N 1
+        for s in range(0, q.shape[-2], chunk):
+            sl = slice(s, s + chunk)
+            qc, do = q[..., sl, :], dout[..., sl, :]
+            p = torch.exp(qc * kt - lse[..., sl, :])          # probabilities of the block
+            dv += p.transpose(-2, -1) @ do
+            ds = p * (do @ vt - delta[..., sl, :])            # d logits
+            dq[..., sl, :] = (ds * kt).sum(-1, keepdim=True)
+            dkt += (ds * qc).sum(-2, keepdim=True)
+        return dq, (dkt * scale).transpose(-2, -1), dv, None, None
+
+
+def strip_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                    scale: float) -> torch.Tensor:
+    """``softmax(scale * q k^T, -1) v`` for ``q: (B, h, N, 1)``, ``k: (B, h, Ns, 1)``,
+    ``v: (B, h, Ns, d)``, in blocks of queries, with an O(N)-memory backward.
+
+    Equal to ``F.scaled_dot_product_attention`` up to rounding. It exists because
+    torch's CPU SDPA takes the math path when query/key and value head sizes
+    differ (here 1 vs ``C / h``), which materialises (and, for backward, keeps) the
+    whole ``N x Ns`` probability matrix per head -- 1 GiB per block in stage 1 of a
+    detector at 800x1333.
+    """
+    chunk = _strip_chunk(q, k)
+    if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
+        return _StripAttentionFunction.apply(q, k, v, scale, chunk)
+    return _strip_attention_fwd(q, k, v, scale, chunk)[0]
+
+
+def _use_strip_kernel(q: torch.Tensor) -> bool:
+    """The eager fp32/fp64 path. Traced, scripted, compiled or exported graphs and
+    reduced precision use SDPA (one op the exporters/compilers/FLOP counters know;
+    the Python block loop would specialise on the input size)."""
+    return (q.dtype in (torch.float32, torch.float64) and not torch.jit.is_tracing()
+            and not torch.jit.is_scripting() and not torch.compiler.is_compiling()
+            and not torch.onnx.is_in_onnx_export())
+
+
+def _ln_affine_to_fold(norm: nn.Module) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(gamma, beta)`` of a token LayerNorm (to fold into what follows it)."""
+    if not isinstance(norm, nn.LayerNorm) or len(norm.normalized_shape) != 1:
+        raise NotImplementedError(f'deploy form folds a LayerNorm over channels, got {norm}')
+    c = norm.normalized_shape[0]
+    gamma = norm.weight.detach() if norm.weight is not None else torch.ones(c)
+    beta = norm.bias.detach() if norm.bias is not None else torch.zeros(c)
+    return gamma, beta
+
+
+def _plain_layer_norm(norm: nn.LayerNorm) -> nn.LayerNorm:
+    """The same LayerNorm without its affine part (folded elsewhere)."""
+    return nn.LayerNorm(norm.normalized_shape, eps=norm.eps, elementwise_affine=False)
 
 
 class ConvAct(Sequential):
@@ -93,9 +197,11 @@ class StripSelfAttention(BaseModule):
         sr_ratio (int): Spatial reduction ratio (kernel = stride = sr).
         qk_scale (float, optional): Logit scale. The paper leaves "Scale" open;
             the default ``(C / h) ** -0.5`` follows PVT, from which SSA derives.
-        fused (bool): Use ``F.scaled_dot_product_attention`` (never
-            materialises the ``N x Ns`` matrix for backward where a fused
-            kernel exists). ``False`` runs the literal formula; both are equal.
+        fused (bool): Use a fused attention: in eager fp32 the block-wise
+            :func:`strip_attention` (never holds the ``N x Ns`` matrix, O(N)
+            memory for backward), else ``F.scaled_dot_product_attention``
+            (traced/compiled/exported graphs, bf16, attention dropout).
+            ``False`` runs the literal formula; all are equal up to rounding.
     """
 
     def __init__(self, dim, num_heads, sr_ratio=1, qk_scale=None, attn_drop=0.,
@@ -108,6 +214,7 @@ class StripSelfAttention(BaseModule):
         self.scale = qk_scale if qk_scale is not None else (dim // num_heads) ** -0.5
         self.fused = fused
         self.attn_drop = attn_drop
+        self.deploy = False
         self.q = nn.Linear(dim, num_heads)          # channel squeeze: 1 channel / head
         self.k = nn.Linear(dim, num_heads)
         self.v = nn.Linear(dim, dim)
@@ -132,7 +239,9 @@ class StripSelfAttention(BaseModule):
         k = self.k(reduced).transpose(1, 2).unsqueeze(-1)         # B h Ns 1
         v = self.v(reduced).reshape(B, -1, h, C // h).transpose(1, 2)  # B h Ns C/h
         drop = self.attn_drop if self.training else 0.
-        if self.fused:
+        if self.fused and not drop and _use_strip_kernel(q):
+            out = strip_attention(q, k, v, self.scale)
+        elif self.fused:
             out = F.scaled_dot_product_attention(q, k, v, dropout_p=drop, scale=self.scale)
         else:
             attn = (q * self.scale) @ k.transpose(-2, -1)          # B h N Ns
@@ -141,6 +250,36 @@ class StripSelfAttention(BaseModule):
         out = out.transpose(1, 2).reshape(B, H * W, C)
         out = self.proj_drop(self.proj(out))
         return out.reshape(B, H, W, C).permute(0, 3, 1, 2)
+
+    @torch.no_grad()
+    def switch_to_deploy(self, norm: Optional[nn.LayerNorm] = None) -> None:
+        """Inference form, in place (eval-mode statistics; exact up to rounding).
+
+        * ``sr_norm`` (BN after the unpadded ``sr x sr`` reduction conv) folds into
+          that conv.
+        * ``norm`` -- the block's LayerNorm that feeds this module -- gives its
+          affine ``gamma * n + beta`` to ``q`` and to ``k``/``v`` (``sr == 1``) or
+          the reduction conv (``sr > 1``; unpadded, so exact); the caller then
+          replaces it by an affine-free LayerNorm.
+        * The logit scale moves into ``q``'s weights (``scale * q_i * k_j``).
+        """
+        if self.deploy:
+            return
+        if norm is not None:
+            gamma, beta = _ln_affine_to_fold(norm)
+            _dp.fold_affine_into_linear_input(self.q, gamma, beta)
+            if self.sr_ratio > 1:
+                _dp.fold_affine_into_conv_input(self.sr, gamma, beta)
+            else:
+                _dp.fold_affine_into_linear_input(self.k, gamma, beta)
+                _dp.fold_affine_into_linear_input(self.v, gamma, beta)
+        if self.sr_ratio > 1 and isinstance(self.sr_norm, _BatchNorm):
+            _dp.fold_bn_into_conv(self.sr, self.sr_norm)
+            self.sr_norm = nn.Identity()
+        self.q.weight.mul_(self.scale)
+        self.q.bias.mul_(self.scale)
+        self.scale = 1.0
+        self.deploy = True
 
 
 class SqueezeExcite(BaseModule):
@@ -170,6 +309,25 @@ class LocalInteraction(BaseModule):
         self.dw = nn.Conv2d(dim, dim, 3, 1, 1, groups=dim)
         self.se = SqueezeExcite(dim, se_ratio)
         self.pw2 = nn.Conv2d(dim, dim, 1, groups=dim)
+        self.deploy = False
+
+    @torch.no_grad()
+    def switch_to_deploy(self, norm: Optional[nn.LayerNorm] = None) -> None:
+        """Inference form: ``pw1`` (1x1, groups=C) is a per-channel affine map, so
+        ``pw1(gamma * n + beta)`` is the LayerNorm ``norm`` with affine
+        ``(w * gamma, w * beta + b)``; ``pw1`` becomes an identity. Exact. Without
+        ``norm`` nothing changes."""
+        if self.deploy:
+            return
+        if norm is not None:
+            gamma, beta = _ln_affine_to_fold(norm)
+            if not norm.elementwise_affine:
+                raise ValueError('LIM deploy: the LayerNorm must keep its affine part')
+            w = self.pw1.weight.view(-1)
+            norm.weight.copy_(gamma * w)
+            norm.bias.copy_(beta * w + self.pw1.bias)
+            self.pw1 = nn.Identity()
+        self.deploy = True
 
     def forward(self, x):
         x = self.dw(self.pw1(x).relu())      # Eq. 6
@@ -192,11 +350,40 @@ class InvertedResidualFFN(BaseModule):
         self.dw_norm = build_norm_layer(norm_cfg, hidden)[1]
         self.fc2 = nn.Conv2d(hidden, dim, 1)
         self.fc2_norm = build_norm_layer(norm_cfg, dim)[1]
+        self.deploy = False
 
     def forward(self, x):
         x = self.fc1(x)
+        if self.deploy:   # identity in dw's centre tap, dw_norm/fc2_norm inside fc2
+            return self.fc2(self.act(self.dw(x)))
         x = self.dw_norm(self.act(self.dw(x) + x))
         return self.fc2_norm(self.fc2(x))
+
+    @torch.no_grad()
+    def switch_to_deploy(self, norm: Optional[nn.LayerNorm] = None) -> None:
+        """Inference form (exact up to rounding):
+
+        * ``dw(x) + x`` -> one depth-wise conv with 1 added to its centre tap;
+        * ``dw_norm`` (BN after GELU) folds into the *input* side of ``fc2``
+          (a 1x1 conv: no padding, so exact) and ``fc2_norm`` into its output;
+        * ``norm`` (the block's LayerNorm before the FFN), if given, gives its
+          affine to ``fc1``'s 1x1 conv input (exact); the caller drops it.
+        * Kept: ``fc1``'s BN. It follows a GELU and precedes the zero-padded 3x3
+          depth-wise conv, so folding it into that conv's input would change the
+          border pixels (they would see ``-b/a`` instead of 0): not exact.
+        """
+        if self.deploy:
+            return
+        if norm is not None:
+            _dp.fold_affine_into_conv_input(self.fc1[0], *_ln_affine_to_fold(norm))
+        _dp.fold_identity_into_dwconv(self.dw)
+        if isinstance(self.dw_norm, _BatchNorm):
+            _dp.fold_affine_into_conv_input(self.fc2, *_dp.bn_affine(self.dw_norm))
+            self.dw_norm = nn.Identity()
+        if isinstance(self.fc2_norm, _BatchNorm):
+            _dp.fold_bn_into_conv(self.fc2, self.fc2_norm)
+            self.fc2_norm = nn.Identity()
+        self.deploy = True
 
 
 class HybridPerceptionBlock(BaseModule):
@@ -221,9 +408,28 @@ class HybridPerceptionBlock(BaseModule):
         self.norm3 = build_norm_layer(token_norm_cfg, dim)[1]
         self.ffn = InvertedResidualFFN(dim, mlp_ratio, act_cfg, norm_cfg)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.deploy = False
+
+    @torch.no_grad()
+    def switch_to_deploy(self) -> None:
+        """Inference form: ``x + pos(x)`` becomes ``pos'(x)`` (identity in the
+        centre tap); the affine parts of ``norm1``/``norm3`` fold into SSA's
+        q/k/v/reduction and the FFN's first 1x1 conv, and LIM's first grouped 1x1
+        conv folds into ``norm2``; see the sub-modules' ``switch_to_deploy``.
+        Drop-path is the identity in eval mode."""
+        if self.deploy:
+            return
+        _dp.fold_identity_into_dwconv(self.pos)
+        self.attn.switch_to_deploy(self.norm1)
+        self.norm1 = _plain_layer_norm(self.norm1)
+        self.lim.switch_to_deploy(self.norm2)
+        self.ffn.switch_to_deploy(self.norm3)
+        self.norm3 = _plain_layer_norm(self.norm3)
+        self.drop_path = nn.Identity()
+        self.deploy = True
 
     def _forward(self, x):
-        x = x + self.pos(x)                                                       # Eq. 1
+        x = self.pos(x) if self.deploy else x + self.pos(x)                       # Eq. 1
         x = x + self.drop_path(self.attn(_to_channels_last_ln(self.norm1, x)))    # Eq. 2
         x = x + self.drop_path(self.lim(_to_channels_last_ln(self.norm2, x)))     # Eq. 3
         x = x + self.drop_path(self.ffn(_to_channels_last_ln(self.norm3, x)))     # Eq. 4
@@ -314,6 +520,7 @@ class S2AFormer(BaseModule):
         self.frozen_stages = frozen_stages
         self.norm_eval = norm_eval
         self.out_norm = out_norm
+        self.deploy = False
 
         self.stem = Stem(in_channels, act_cfg, norm_cfg)
         dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
@@ -422,6 +629,9 @@ class S2AFormer(BaseModule):
                 p.requires_grad = False
 
     def train(self, mode: bool = True):
+        if mode and self.deploy:
+            raise RuntimeError('This S2AFormer is in deploy form (BN folded, inference only) '
+                               'and cannot be trained; build a fresh model for training.')
         super().train(mode)
         self._freeze_stages()
         if mode and self.norm_eval:
@@ -429,6 +639,44 @@ class S2AFormer(BaseModule):
                 if isinstance(m, _BatchNorm):
                     m.eval()
         return self
+
+    # ------------------------------------------------------------------ deploy
+    @torch.no_grad()
+    def switch_to_deploy(self) -> 'S2AFormer':
+        """Re-parameterise for inference, in place; returns ``self``.
+
+        Requires (and sets) eval mode: BN uses its running statistics, so every
+        fold is an exact identity and outputs equal the training form in eval
+        mode up to rounding. Folded (see the sub-modules for details):
+
+        * stem: the last ``Conv -> GELU -> BN``'s BN (an affine map) folds into the
+          input side of stage 1's 2x2/stride-2 patch-embedding conv (unpadded:
+          exact). The first two BNs stay: each precedes a zero-padded 3x3 conv,
+          where an input-side fold changes the border (and GELU blocks a fold
+          into the conv before it).
+        * each HPB: ``x + DWConv(x)`` -> one DWConv; SSA reduction BN -> its conv;
+          LayerNorm affines -> q/k/v/reduction conv, FFN fc1; LIM's first
+          grouped 1x1 conv -> ``norm2``; logit scale -> q; FFN ``dw + x`` -> dw,
+          ``dw_norm`` and ``fc2_norm`` -> fc2. FFN's first BN stays (see
+          :meth:`InvertedResidualFFN.switch_to_deploy`).
+
+        Parameter names change, so a deploy checkpoint loads into a model that
+        was built in training form and then switched
+        (``tools/deployment/fuse_checkpoint.py`` writes one). Do not use
+        ``mmcv.cnn.fuse_conv_bn`` on this model (it would fuse BNs across GELUs).
+        """
+        if self.deploy:
+            return self
+        self.eval()
+        last_bn = self.stem[-1][-1]
+        if isinstance(last_bn, _BatchNorm):
+            _dp.fold_affine_into_conv_input(self.patch_embeds[0].proj, *_dp.bn_affine(last_bn))
+            self.stem[-1][-1] = nn.Identity()
+        for stage in self.stages:
+            for block in stage:
+                block.switch_to_deploy()
+        self.deploy = True
+        return self.eval()  # also the modules created by the folds
 
     # ------------------------------------------------------------------ forward
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:

@@ -1,0 +1,206 @@
+"""Deploy form (folded BN, merged heads), strip-attention kernel, ONNX export and
+torch.compile. CPU only."""
+import copy
+import importlib.util
+
+import pytest
+import torch
+import torch.nn as nn
+from mmengine.registry import DefaultScope
+
+from s2aformer_mm import S2AFormer
+from s2aformer_mm.deploy import (ClassifierLogits, count_batchnorms, export_onnx,
+                                 fold_affine_into_conv_input, is_deployed,
+                                 onnxruntime_session, switch_to_deploy)
+from s2aformer_mm.models.s2aformer import StripSelfAttention, strip_attention
+
+TINY = dict(depths=[1, 1, 1, 1], channels=[16, 32, 64, 128], num_heads=[1, 2, 4, 8])
+
+
+def _randomise(model):
+    """Non-trivial BN statistics and norm affines, so a wrong fold cannot hide."""
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.running_mean.copy_(torch.rand(m.num_features, generator=g) - .5)
+                m.running_var.copy_(torch.rand(m.num_features, generator=g) + .5)
+            if isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.LayerNorm)):
+                m.weight.copy_(torch.rand(m.weight.shape, generator=g) + .5)
+                m.bias.copy_(torch.rand(m.bias.shape, generator=g) * .4 - .2)
+    return model
+
+
+def _classifier(arch, num_classes=10):
+    from mmpretrain.registry import MODELS
+    with DefaultScope.overwrite_default_scope('mmpretrain'):
+        model = MODELS.build(dict(
+            type='ImageClassifier', backbone=dict(type='S2AFormer', arch=arch),
+            head=dict(type='S2AFormerClsHead', num_classes=num_classes,
+                      in_channels=(arch['channels'] if isinstance(arch, dict)
+                                   else S2AFormer.arch_zoo[arch]['channels'])[-1])))
+    with torch.no_grad():  # distinct heads, so merging them is actually tested
+        model.head.head_dist.weight.normal_(0, .05)
+        model.head.head_dist.bias.normal_(0, .1)
+        model.head.head.bias.normal_(0, .1)
+    return _randomise(model).eval()
+
+
+def _close(a, b):
+    for u, v in zip(a, b):
+        torch.testing.assert_close(u, v, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize('arch', ['mini', 't', 'xs', 's', 'm'])
+def test_backbone_deploy_equals_eval(arch):
+    model = _randomise(S2AFormer(arch, out_indices=(0, 1, 2, 3))).eval()
+    x = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        ref = model(x)
+    n_bn = count_batchnorms(model)
+    depth = sum(model.arch_settings['depths'])
+    assert n_bn == 3 + depth * 3 + sum(d for d, s in zip(model.arch_settings['depths'],
+                                                          model.arch_settings['sr_ratios']) if s > 1)
+    assert model.switch_to_deploy() is model
+    # Left: stem BN1/BN2 and each FFN's first BN (each precedes a zero-padded 3x3 conv).
+    assert count_batchnorms(model) == 2 + depth
+    assert is_deployed(model)
+    assert all(not m.training for m in model.modules())
+    with torch.no_grad():
+        _close(model(x), ref)
+
+
+def test_deploy_odd_size_and_idempotent():
+    model = _randomise(S2AFormer('mini', out_indices=(0, 1, 2, 3))).eval()
+    x = torch.randn(1, 3, 67, 45)
+    with torch.no_grad():
+        ref = model(x)
+        switch_to_deploy(model)
+        switch_to_deploy(model)  # second call is a no-op
+        _close(model(x), ref)
+
+
+def test_deploy_is_inference_only():
+    model = S2AFormer('mini').switch_to_deploy()
+    with pytest.raises(RuntimeError, match='deploy form'):
+        model.train()
+
+
+def test_classifier_deploy_equals_eval():
+    model = _classifier('mini')
+    x = torch.randn(3, 3, 64, 64)
+    with torch.no_grad():
+        ref = model(x, mode='tensor')
+    assert count_batchnorms(model) == 3 + 8 * 3 + 6 + 1
+    switch_to_deploy(model)
+    assert count_batchnorms(model) == 2 + 8   # stem BN1/BN2 + one per FFN; head BN folded
+    assert model.head.head_dist is None and isinstance(model.head.norm, nn.Identity)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x, mode='tensor'), ref, atol=1e-4, rtol=1e-4)
+    with pytest.raises(RuntimeError, match='deploy form'):
+        model.head.loss(model.backbone(x), [])
+
+
+def test_mmcv_fuse_conv_bn_would_be_wrong():
+    """Documents why the deploy form does not call mmcv's recursive fuse_conv_bn:
+    it fuses the BN of ``Conv -> GELU -> BN`` across the GELU."""
+    from mmcv.cnn import fuse_conv_bn
+    model = _randomise(S2AFormer('mini')).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        ref = model(x)[0]
+        wrong = fuse_conv_bn(copy.deepcopy(model))(x)[0]
+    assert (wrong - ref).abs().max() > 1e-2
+
+
+def test_padded_conv_input_fold_refused():
+    conv = nn.Conv2d(4, 4, 3, padding=1)
+    with pytest.raises(ValueError, match='padding'):
+        fold_affine_into_conv_input(conv, torch.ones(4), torch.zeros(4))
+
+
+# --------------------------------------------------------------------------- attention
+@pytest.mark.parametrize('shape', [(2, 1, 300, 20, 8), (1, 4, 1000, 49, 16)])
+def test_strip_attention_forward_backward_fp64(shape):
+    B, h, N, Ns, d = shape
+    q = torch.randn(B, h, N, 1, dtype=torch.float64, requires_grad=True) * 3
+    k = torch.randn(B, h, Ns, 1, dtype=torch.float64, requires_grad=True)
+    v = torch.randn(B, h, Ns, d, dtype=torch.float64, requires_grad=True)
+    q.retain_grad()
+    args = [q, k, v]
+    out = strip_attention(q, k, v, 0.7)
+    ga = torch.autograd.grad(out.square().sum(), args)
+    ref = torch.softmax(0.7 * q @ k.transpose(-2, -1), -1) @ v
+    gb = torch.autograd.grad(ref.square().sum(), args)
+    torch.testing.assert_close(out, ref, atol=1e-12, rtol=1e-12)
+    for u, w in zip(ga, gb):
+        torch.testing.assert_close(u, w, atol=1e-10, rtol=1e-10)
+
+
+def test_strip_attention_gradcheck():
+    q = torch.randn(1, 2, 40, 1, dtype=torch.float64, requires_grad=True)
+    k = torch.randn(1, 2, 7, 1, dtype=torch.float64, requires_grad=True)
+    v = torch.randn(1, 2, 7, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, b, c: strip_attention(a, b, c, 1.3), (q, k, v))
+
+
+def test_ssa_three_paths_equal(monkeypatch):
+    """strip kernel (eager fp32), SDPA (used when traced/compiled), literal formula."""
+    from s2aformer_mm.models import s2aformer as mod
+    attn = StripSelfAttention(64, 2, sr_ratio=4).train()
+    x = torch.randn(2, 64, 44, 36, requires_grad=True)
+    results = []
+    calls = []
+    real = mod.strip_attention
+    monkeypatch.setattr(mod, 'strip_attention', lambda *a: calls.append(1) or real(*a))
+    for mode in ('strip', 'sdpa', 'formula'):
+        attn.fused = mode != 'formula'
+        monkeypatch.setattr(mod, '_use_strip_kernel', lambda q, strip=mode == 'strip': strip)
+        out = attn(x)
+        grads = torch.autograd.grad(out.square().sum(), [x, attn.q.weight, attn.k.weight,
+                                                         attn.v.weight])
+        results.append((out, grads))
+    assert len(calls) == 1  # only the 'strip' pass used the kernel
+    for out, grads in results[1:]:
+        torch.testing.assert_close(out, results[0][0], atol=1e-5, rtol=1e-5)
+        for u, w in zip(grads, results[0][1]):
+            torch.testing.assert_close(u, w, atol=1e-4, rtol=1e-4)
+
+
+# --------------------------------------------------------------------------- ONNX
+needs_onnx = pytest.mark.skipif(
+    importlib.util.find_spec('onnxruntime') is None or importlib.util.find_spec('onnxscript') is None,
+    reason='onnx/onnxscript/onnxruntime not installed (bash tools/setup_env.sh installs them)')
+
+
+@needs_onnx
+@pytest.mark.parametrize('what', ['backbone', 'classifier'])
+def test_onnx_dynamic_axes_match(tmp_path, what):
+    if what == 'backbone':
+        net = switch_to_deploy(_randomise(S2AFormer(TINY, out_indices=(0, 1, 2, 3))))
+    else:
+        net = ClassifierLogits(switch_to_deploy(_classifier(TINY)))
+    path = export_onnx(net, str(tmp_path / f'{what}.onnx'), torch.randn(2, 3, 64, 96))
+    sess = onnxruntime_session(path)
+    for shape in [(2, 3, 64, 96), (3, 3, 97, 64), (1, 3, 128, 160)]:
+        x = torch.randn(*shape)
+        with torch.no_grad():
+            ref = net(x)
+        ref = ref if isinstance(ref, tuple) else (ref, )
+        outs = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})
+        assert len(outs) == len(ref)
+        for o, r in zip(outs, ref):
+            assert tuple(o.shape) == tuple(r.shape)
+            torch.testing.assert_close(torch.from_numpy(o), r, atol=1e-4, rtol=1e-4)
+
+
+# --------------------------------------------------------------------------- compile
+def test_compile_matches_eager_no_graph_breaks():
+    model = switch_to_deploy(_randomise(S2AFormer(TINY, out_indices=(0, 1, 2, 3))))
+    x = torch.randn(2, 3, 64, 64)
+    explain = torch._dynamo.explain(model)(x)
+    assert explain.graph_break_count == 0, explain.break_reasons
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend='eager', fullgraph=True)  # fast: no codegen
+    with torch.no_grad():
+        _close(compiled(x), model(x))
