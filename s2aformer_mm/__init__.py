@@ -8,13 +8,14 @@ from .compat import check_mmcv
 
 check_mmcv()
 
-from .checkpoint import register_safe_globals  # noqa: E402
+from .checkpoint import register_safe_globals, route_mmengine_local_loads  # noqa: E402
 from .integrations import MISSING, REGISTERED, register_all, require  # noqa: E402
 from .models import S2AFormer  # noqa: E402
 
 __version__ = '0.1.0'
 
 register_safe_globals()
+route_mmengine_local_loads()
 register_all()
 
 __all__ = ['S2AFormer', 'require', 'REGISTERED', 'MISSING', '__version__']

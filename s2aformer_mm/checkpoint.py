@@ -32,6 +32,13 @@ class UnsafeCheckpointError(RuntimeError):
     """A checkpoint holds objects outside the allowlist (possible code execution)."""
 
 
+class CheckpointMismatchError(KeyError):
+    """A checkpoint's keys or shapes do not fit the model (another arch/variant?)."""
+
+    def __str__(self):  # KeyError would repr() the message
+        return str(self.args[0]) if self.args else ''
+
+
 def _restricted_getattr(obj, name, *default):
     if obj is HistoryBuffer and name in _HB_METHODS:
         return getattr(obj, name)
@@ -68,6 +75,17 @@ def register_safe_globals() -> None:
     if not _registered:
         torch.serialization.add_safe_globals(safe_globals())
         _registered = True
+
+
+def route_mmengine_local_loads() -> None:
+    """Send mmengine's local checkpoint loading (``load_from``, ``resume``,
+    ``Runner.load_checkpoint``, ``PretrainedInit``) through :func:`safe_load`, so
+    those paths get the same allowlist and clear errors (idempotent)."""
+    from mmengine.runner.checkpoint import CheckpointLoader
+    CheckpointLoader.register_scheme(
+        prefixes='', force=True,
+        loader=lambda filename, map_location: safe_load(os.path.expanduser(filename),
+                                                        map_location or 'cpu'))
 
 
 def safe_load(path: str, map_location='cpu'):
@@ -123,7 +141,7 @@ def load_backbone_pretrained(module: torch.nn.Module, init_cfg: dict) -> None:
     if prefix:
         state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
         if not state:
-            raise KeyError(f'No key in {path!r} starts with prefix {prefix!r}; is it a checkpoint '
+            raise CheckpointMismatchError(f'No key in {path!r} starts with prefix {prefix!r}; is it a checkpoint '
                            f'of a model with a backbone? (use prefix="" for a bare backbone file)')
     own = module.state_dict()
     optional = re.compile(r'^out_norm\d+\.')
@@ -133,7 +151,7 @@ def load_backbone_pretrained(module: torch.nn.Module, init_cfg: dict) -> None:
     required_missing = [k for k in missing if not optional.match(k)]
     unexpected = [k for k in state if k not in own]
     if (required_missing or mismatched or unexpected) and strict:
-        raise KeyError(_report(path, required_missing, mismatched, unexpected))
+        raise CheckpointMismatchError(_report(path, required_missing, mismatched, unexpected))
     loadable = {k: v for k, v in state.items() if k in own and v.shape == own[k].shape}
     module.load_state_dict(loadable, strict=False)
     msg = f'Loaded {len(loadable)}/{len(own)} backbone tensors from {path}'

@@ -23,3 +23,24 @@ def check_mmcv() -> None:
             'mmcv is installed without its compiled ops (mmcv._ext is missing), which happens '
             'when it is built without torch visible. Rebuild it: pip uninstall -y mmcv && '
             'MMCV_WITH_OPS=1 pip install --no-build-isolation --no-cache-dir mmcv==2.1.0. ' + FIX)
+
+
+#: import name -> (distribution, lowest supported, first unsupported) version.
+OPENMMLAB = {
+    'mmpretrain': ('mmpretrain', '1.2.0', '1.3.0'),
+    'mmseg': ('mmsegmentation', '1.2.0', '1.3.0'),
+    'mmdet': ('mmdet', '3.3.0', '3.4.0'),
+}
+
+
+def check_openmmlab(lib: str, pip_spec: str) -> None:
+    """Raise if an installed OpenMMLab library has an untested version."""
+    dist, lo, hi = OPENMMLAB[lib]
+    try:
+        v = Version(version(dist))
+    except PackageNotFoundError:
+        return  # absent: integrations.require() reports it when it is used
+    if not Version(lo) <= v < Version(hi):
+        raise ImportError(
+            f'{dist} {v} is not supported: s2aformer_mm needs {lo} <= {dist} < {hi}. '
+            f'Install it with: pip install {pip_spec}  (or run bash tools/setup_env.sh).')

@@ -8,14 +8,14 @@
 The metrics are printed as ``[s2aformer] test metrics: {json}`` and written to
 ``<work-dir>/test_metrics.json``.
 """
-from s2aformer_mm.engine import InputNotFoundError, parse_test_args, run_test
+from s2aformer_mm.engine import USER_ERRORS, parse_test_args, run_test
 
 
 def main():
     args = parse_test_args()
     try:
         run_test(args)
-    except InputNotFoundError as e:
+    except USER_ERRORS as e:
         raise SystemExit(f'[s2aformer] ERROR: {e}') from None
 
 

@@ -4,14 +4,14 @@
                           [--cfg-options k=v ...] [--launcher {none,pytorch,slurm,mpi}]
     bash tools/dist_train.sh CONFIG NUM_PROCS [args]   # torchrun; gloo + CPU DDP without CUDA
 """
-from s2aformer_mm.engine import InputNotFoundError, parse_train_args, run_train
+from s2aformer_mm.engine import USER_ERRORS, parse_train_args, run_train
 
 
 def main():
     args = parse_train_args()
     try:
         run_train(args)
-    except InputNotFoundError as e:
+    except USER_ERRORS as e:
         raise SystemExit(f'[s2aformer] ERROR: {e}') from None
 
 

@@ -20,7 +20,10 @@ from mmengine.logging import print_log
 from mmengine.registry import RUNNERS, init_default_scope
 from mmengine.runner import Runner
 
+from ..checkpoint import CheckpointMismatchError, UnsafeCheckpointError
 from ..integrations import SUPPORTED, require
+from .checkpointing import (apply_checkpoint_defaults, find_resumable_checkpoint,
+                            remove_stale_temp_files)
 from .distributed import LAUNCHERS, destroy_distributed, init_distributed
 
 #: scope -> argument of tools/data/generate_demo_data.py, for error messages
@@ -33,6 +36,10 @@ class InputNotFoundError(FileNotFoundError):
 
 class DatasetNotFoundError(InputNotFoundError):
     """A dataset directory / annotation file named by the config is absent or empty."""
+
+
+#: Errors whose message says everything: the tools print it without a traceback.
+USER_ERRORS = (InputNotFoundError, CheckpointMismatchError, UnsafeCheckpointError)
 
 
 # --------------------------------------------------------------------------- arguments
@@ -124,6 +131,25 @@ def setup_distributed(cfg: Config) -> None:
     rank, world = get_dist_info()
     print(f'[s2aformer] rank {rank}/{world}: process group ready (backend {backend}, '
           f'{"cuda" if torch.cuda.is_available() else "cpu"})', flush=True)
+
+
+def apply_cpu_memory_defaults(cfg: Config) -> None:
+    """Gradient checkpointing for S2AFormer when training without CUDA.
+
+    The paper's dense recipes (8 images of 512x512 per process) take ~14 GB of RAM
+    per training process on the CPU (7.5 GB with checkpointing), so two processes
+    do not fit a 24 GB machine. ``with_cp`` gives identical outputs and gradients
+    (tests/test_backbone.py), only memory and time change. A config or
+    ``--cfg-options`` that sets ``model.backbone.with_cp`` is left alone.
+    """
+    backbone = cfg.get('model', {}).get('backbone')
+    if (torch.cuda.is_available() or not isinstance(backbone, dict)
+            or not str(backbone.get('type', '')).endswith('S2AFormer') or 'with_cp' in backbone):
+        return
+    backbone['with_cp'] = True
+    print_log('Training on the CPU: gradient checkpointing enabled in the S2AFormer backbone '
+              '(same results, about half the activation memory). Disable it with '
+              '--cfg-options model.backbone.with_cp=False.', logger='current')
 
 
 def apply_amp(cfg: Config, enable: bool) -> None:
@@ -230,6 +256,26 @@ def enable_visualization(cfg: Config, scope: str, show_dir: Optional[str], show:
         hook.update(draw=True, interval=1, test_out_dir=show_dir)
 
 
+def _summarise_load_error(msg: str, n: int = 6) -> str:
+    """Shorten mmengine's strict-load message (it lists every key) to counts + examples."""
+    lines, mismatches = [], []
+    for line in msg.splitlines():
+        if line.startswith('size mismatch for'):
+            mismatches.append(line)
+        elif ': ' in line and ', ' in line:
+            head, keys = line.split(': ', 1)
+            keys = keys.split(', ')
+            more = f' ... (+{len(keys) - n} more)' if len(keys) > n else ''
+            lines.append(f'  {len(keys)} {head}: {", ".join(keys[:n])}{more}')
+        elif line.strip():
+            lines.append(f'  {line.strip()}')
+    if mismatches:
+        lines += [f'  {m}' for m in mismatches[:n]]
+        if len(mismatches) > n:
+            lines.append(f'  ... {len(mismatches) - n} more size mismatches')
+    return '\n'.join(lines)
+
+
 # --------------------------------------------------------------------------- entry points
 def _build_runner(cfg: Config) -> Runner:
     return RUNNERS.build(cfg) if 'runner_type' in cfg else Runner.from_cfg(cfg)
@@ -239,6 +285,8 @@ def run_train(args: argparse.Namespace) -> Runner:
     cfg, scope = load_config(args)
     check_data_dirs(cfg, ['train_dataloader'] + (['val_dataloader'] if cfg.get('val_cfg') else []))
     check_pretrained(cfg)
+    apply_checkpoint_defaults(cfg)
+    apply_cpu_memory_defaults(cfg)
     apply_amp(cfg, args.amp)
     if args.auto_scale_lr:
         if 'base_batch_size' not in cfg.get('auto_scale_lr', {}):
@@ -246,7 +294,13 @@ def run_train(args: argparse.Namespace) -> Runner:
                              f'(the total batch its lr is tuned for).')
         cfg.auto_scale_lr.enable = True
     if args.resume == 'auto':
-        cfg.resume, cfg.load_from = True, None
+        # Not mmengine's find_latest_checkpoint: it trusts an empty or stale pointer.
+        remove_stale_temp_files(cfg.work_dir)
+        latest = find_resumable_checkpoint(cfg.work_dir)
+        if latest is None:
+            print_log(f'--resume: no checkpoint in {cfg.work_dir}; starting at iteration 0.',
+                      logger='current', level=30)
+        cfg.resume, cfg.load_from = latest is not None, latest
     elif args.resume:
         cfg.resume, cfg.load_from = True, args.resume
     setup_distributed(cfg)
@@ -268,7 +322,9 @@ def run_test(args: argparse.Namespace) -> dict:
     check_data_dirs(cfg, ['test_dataloader'])
     if not osp.isfile(args.checkpoint) and '://' not in args.checkpoint:
         raise InputNotFoundError(f'Checkpoint {args.checkpoint!r} does not exist.')
-    cfg.load_from = args.checkpoint
+    # Loaded strictly after the Runner is built (mmengine's load_from is non-strict: a
+    # checkpoint of another variant would be evaluated with a warning only).
+    cfg.load_from = None
     if args.show or args.show_dir:
         show_dir = osp.abspath(args.show_dir) if args.show_dir else None
         enable_visualization(cfg, scope, show_dir, args.show, args.wait_time)
@@ -283,6 +339,14 @@ def run_test(args: argparse.Namespace) -> dict:
     setup_distributed(cfg)
     try:
         runner = _build_runner(cfg)
+        try:
+            runner.load_checkpoint(args.checkpoint, map_location='cpu', strict=True)
+        except RuntimeError as e:
+            if isinstance(e, UnsafeCheckpointError):
+                raise
+            raise CheckpointMismatchError(
+                f'Checkpoint {args.checkpoint!r} does not match the model of {args.config} (another '
+                f'variant or task?):\n{_summarise_load_error(str(e))}') from None
         metrics = runner.test()
     except BaseException:
         destroy_distributed(barrier=False)

@@ -10,6 +10,8 @@ an installed library propagates unchanged.
 import importlib
 import importlib.util
 
+from ..compat import check_openmmlab
+
 #: library import name -> the pip requirement this project is tested with
 SUPPORTED = {
     'mmpretrain': 'mmpretrain==1.2.0',
@@ -27,6 +29,7 @@ def register_all():
         if importlib.util.find_spec(lib) is None:
             MISSING.append(lib)
             continue
+        check_openmmlab(lib, SUPPORTED[lib])
         importlib.import_module(f'{__name__}.{lib}')
         REGISTERED.append(lib)
 

@@ -1,0 +1,560 @@
+"""Reliability of the tools on CPU (issue 5): kill and resume, kills while saving,
+safe loading through the tools, clear errors for bad input, determinism, 2-process
+DDP equivalence and a dying rank, odd input shapes.
+
+Every training run goes through ``tools/train.py`` / ``tools/dist_train.sh`` as a
+subprocess, on procedurally generated data in tmp, with the *shipped* configs shrunk
+through ``--cfg-options`` (mini variant, 64x64 images, a few iterations) and
+deterministic settings (``randomness=dict(seed=0, deterministic=True)``,
+``num_workers=0``, one OpenMP thread, ``log_processor.window_size=1`` so the logged
+loss of an iteration is that iteration's loss, not a running mean).
+
+The decode head's dropout is switched off in the kill/resume runs: mmengine does not
+checkpoint torch's RNG state, so a resumed run draws other dropout masks than an
+uninterrupted one. With dropout off, a resumed run reproduces the uninterrupted one
+bit for bit.
+"""
+import json
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+import torch
+
+from s2aformer_mm.checkpoint import safe_load
+from s2aformer_mm.datasets import generate_ade20k, generate_imagenet
+
+REPO = Path(__file__).resolve().parents[1]
+ENV = dict(os.environ, OMP_NUM_THREADS='1', MKL_NUM_THREADS='1', PYTHONUNBUFFERED='1')
+SEG_CFG = 'configs/mmseg/fpn_s2aformer_mini_ade20k.py'
+CLS_CFG = 'configs/mmpretrain/s2aformer_mini_4xb256_in1k.py'
+RETINA_CFG = 'configs/mmdet/retinanet_s2aformer_mini_fpn_1x_coco.py'
+MASK_CFG = 'configs/mmdet/mask-rcnn_s2aformer_mini_fpn_1x_coco.py'
+LOADERS = ('train_dataloader', 'val_dataloader', 'test_dataloader')
+DETERMINISTIC = ['randomness.seed=0', 'randomness.deterministic=True',
+                 'log_processor.window_size=1', 'default_hooks.logger.interval=1']
+SEG_ITERS, SEG_CKPT = 6, 2  # checkpoints at 2, 4, 6
+
+
+# --------------------------------------------------------------------------- helpers
+def run(cmd, expect_ok=True, timeout=240):
+    proc = subprocess.run([str(c) for c in cmd], cwd=REPO, env=ENV, capture_output=True,
+                          text=True, timeout=timeout)
+    out = proc.stdout + proc.stderr
+    if expect_ok:
+        assert proc.returncode == 0, f'{" ".join(map(str, cmd))} failed:\n{out[-6000:]}'
+    return proc.returncode, out
+
+
+def tool(name, *args, **kwargs):
+    return run([sys.executable, f'tools/{name}.py', *args], **kwargs)
+
+
+class Job:
+    """A subprocess whose merged stdout/stderr is collected by a thread, so the test
+    can watch it (and the file system) and SIGKILL it at a chosen moment."""
+
+    def __init__(self, cmd, env=None):
+        self.cmd = [str(c) for c in cmd]
+        self.proc = subprocess.Popen(self.cmd, cwd=REPO, env=env or ENV, text=True,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        self.lines = []
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self):
+        for line in self.proc.stdout:
+            self.lines.append(line)
+
+    @property
+    def out(self):
+        return ''.join(self.lines)
+
+    def wait_until(self, condition, timeout=180, poll=0.001):
+        """Poll ``condition()`` until it is true; fail if the job ends first."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if condition():
+                return
+            if self.proc.poll() is not None:
+                self.reader.join(5)
+                if condition():
+                    return
+                raise AssertionError(f'job ended (rc {self.proc.returncode}) before the '
+                                     f'awaited moment:\n{self.out[-4000:]}')
+            time.sleep(poll)
+        self.kill()
+        raise AssertionError(f'timed out after {timeout}s:\n{self.out[-4000:]}')
+
+    def kill(self):
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+        return self.finish(30)
+
+    def finish(self, timeout=240):
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+            raise AssertionError(f'job did not end within {timeout}s:\n{self.out[-4000:]}')
+        self.reader.join(10)
+        return self.proc.returncode
+
+
+def loader_opts(root, batch=2):
+    opts = []
+    for loader in LOADERS:
+        opts += [f'{loader}.dataset.data_root={root}', f'{loader}.num_workers=0',
+                 f'{loader}.persistent_workers=False', f'{loader}.batch_size={batch}']
+    return opts
+
+
+def seg_opts(data, iters=SEG_ITERS, ckpt=SEG_CKPT, extra=()):
+    """Semantic FPN mini, 64x64 crops, 256-channel FPN narrowed to 64 (checkpoints of
+    ~15 MB instead of 75 MB), no dropout (atomic checkpoint writes are the tools' default)."""
+    return [*loader_opts(data / 'ade'), *DETERMINISTIC,
+            'train_dataloader.dataset.pipeline.2.scale=(256,64)',
+            'train_dataloader.dataset.pipeline.3.crop_size=(64,64)',
+            'model.data_preprocessor.size=(64,64)',
+            'val_dataloader.dataset.pipeline.1.scale=(256,64)',
+            'test_dataloader.dataset.pipeline.1.scale=(256,64)',
+            'model.backbone.init_cfg=None', 'model.neck.out_channels=64',
+            'model.decode_head.in_channels=[64,64,64,64]', 'model.decode_head.channels=32',
+            'model.decode_head.dropout_ratio=0.0',
+            f'train_cfg.max_iters={iters}', f'train_cfg.val_interval={iters}',
+            f'default_hooks.checkpoint.interval={ckpt}', *extra]
+
+
+def scalars(work):
+    """One list of scalar records (vis_data/scalars.json) per run in ``work``, oldest first."""
+    runs = sorted(Path(work).glob('2*/vis_data/scalars.json'))
+    return [[json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+            for f in runs]
+
+
+def train_losses(records):
+    return {r['iter']: r['loss'] for r in records if 'loss' in r and 'iter' in r}
+
+
+def val_metrics(records):
+    return [{k: v for k, v in r.items() if k in ('aAcc', 'mIoU', 'mAcc')}
+            for r in records if 'mIoU' in r]
+
+
+def weights(path):
+    return safe_load(str(path))['state_dict']
+
+
+def assert_same_weights(a, b):
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys()
+    different = [k for k in wa if not torch.equal(wa[k], wb[k])]
+    assert not different, (f'{len(different)} tensors differ, e.g. {different[:3]}; max abs '
+                           f'diff {max((wa[k] - wb[k]).abs().max().item() for k in different)}')
+
+
+@pytest.fixture(scope='module')
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp('data')
+    generate_ade20k(str(root / 'ade'), num_train=8, num_val=2, size=64)
+    generate_imagenet(str(root / 'imagenet'), num_train=8, num_val=4, size=64)
+    return root
+
+
+@pytest.fixture(scope='module')
+def seg_reference(data, tmp_path_factory):
+    """An uninterrupted 6-iteration Semantic FPN run: (work dir, losses, val metrics)."""
+    work = tmp_path_factory.mktemp('seg_ref')
+    _, out = tool('train', SEG_CFG, '--work-dir', work, '--cfg-options', *seg_opts(data))
+    assert f'training finished at iteration {SEG_ITERS}' in out
+    (records, ) = scalars(work)
+    losses = train_losses(records)
+    assert sorted(losses) == list(range(1, SEG_ITERS + 1))
+    return work, losses, val_metrics(records)
+
+
+# --------------------------------------------------------------------------- 1. kill + resume
+def test_sigkill_between_checkpoints_then_resume_matches_uninterrupted(data, seg_reference,
+                                                                       tmp_path):
+    ref_work, ref_losses, ref_metrics = seg_reference
+    opts = seg_opts(data)
+    job = Job([sys.executable, 'tools/train.py', SEG_CFG, '--work-dir', tmp_path,
+               '--cfg-options', *opts])
+    # Iteration 3 is done (its log line is written after it), iteration 2 is the
+    # newest checkpoint: kill between checkpoints.
+    job.wait_until(lambda: f'Iter(train) [3/{SEG_ITERS}]' in job.out)
+    assert job.kill() == -signal.SIGKILL
+    assert (tmp_path / 'iter_2.pth').is_file() and not (tmp_path / 'iter_4.pth').exists()
+
+    _, out = tool('train', SEG_CFG, '--work-dir', tmp_path, '--resume', '--cfg-options', *opts)
+    assert re.search(r'resumed epoch: \d+, iter: 2\b', out), out[-3000:]
+    killed, resumed = scalars(tmp_path)
+    # Only the iteration since the last checkpoint (3) is repeated.
+    assert min(train_losses(resumed)) == 3 and 'Iter(train) [1/' not in out
+    assert 3 in train_losses(killed)
+    # The repeated iteration and everything after it match the uninterrupted run.
+    assert train_losses(killed) == {i: ref_losses[i] for i in train_losses(killed)}
+    assert train_losses(resumed) == {i: ref_losses[i] for i in range(3, SEG_ITERS + 1)}
+    assert val_metrics(resumed) == ref_metrics
+    assert_same_weights(tmp_path / f'iter_{SEG_ITERS}.pth', ref_work / f'iter_{SEG_ITERS}.pth')
+
+
+def _saving(work, name):
+    prefix = f'.{name}.'
+    return lambda: any(n.startswith(prefix) and n.endswith('.tmp') for n in os.listdir(work))
+
+
+def test_sigkill_while_saving_keeps_previous_checkpoint(data, seg_reference, tmp_path):
+    """SIGKILL while iter_4.pth is being written (atomic_local backend, selected through
+    --cfg-options): the previous checkpoint stays usable, last_checkpoint still names it,
+    no truncated iter_4.pth appears, and --resume continues from it to the same result."""
+    ref_work, ref_losses, ref_metrics = seg_reference
+    opts = seg_opts(data)
+    job = Job([sys.executable, 'tools/train.py', SEG_CFG, '--work-dir', tmp_path,
+               '--cfg-options', *opts])
+    job.wait_until(_saving(tmp_path, 'iter_4.pth'), poll=0.0005)
+    job.kill()
+    assert 'Saving checkpoint at 4 iterations' in job.out
+    assert not (tmp_path / 'iter_4.pth').exists(), 'a partial checkpoint was left behind'
+    assert (tmp_path / 'last_checkpoint').read_text().strip() == str(tmp_path / 'iter_2.pth')
+    assert safe_load(str(tmp_path / 'iter_2.pth'))['meta']['iter'] == 2
+
+    _, out = tool('train', SEG_CFG, '--work-dir', tmp_path, '--resume', '--cfg-options', *opts)
+    assert re.search(r'resumed epoch: \d+, iter: 2\b', out), out[-3000:]
+    resumed = scalars(tmp_path)[-1]
+    assert train_losses(resumed) == {i: ref_losses[i] for i in range(3, SEG_ITERS + 1)}
+    assert val_metrics(resumed) == ref_metrics
+    assert_same_weights(tmp_path / f'iter_{SEG_ITERS}.pth', ref_work / f'iter_{SEG_ITERS}.pth')
+
+
+def test_sigkill_while_saving_with_max_keep_ckpts_1_leaves_a_resumable_checkpoint(data,
+                                                                                  tmp_path):
+    opts = seg_opts(data, extra=['default_hooks.checkpoint.max_keep_ckpts=1'])
+    job = Job([sys.executable, 'tools/train.py', SEG_CFG, '--work-dir', tmp_path,
+               '--cfg-options', *opts])
+    job.wait_until(_saving(tmp_path, 'iter_4.pth'), poll=0.0005)
+    job.kill()
+    remaining = sorted(p.name for p in tmp_path.glob('iter_*.pth'))
+    assert remaining, 'no checkpoint left after a kill while saving'
+    rc, out = tool('train', SEG_CFG, '--work-dir', tmp_path, '--resume', '--cfg-options',
+                   *opts, expect_ok=False)
+    assert rc == 0 and re.search(r'resumed epoch: \d+, iter: 2\b', out), out[-3000:]
+
+
+# --------------------------------------------------------------------------- 4. determinism
+def test_dense_runs_with_same_seed_are_identical(data, seg_reference, tmp_path):
+    ref_work, ref_losses, ref_metrics = seg_reference
+    tool('train', SEG_CFG, '--work-dir', tmp_path, '--cfg-options', *seg_opts(data))
+    (records, ) = scalars(tmp_path)
+    assert train_losses(records) == ref_losses  # bitwise: same floats in the json
+    assert len(set(ref_losses.values())) > 1  # the run really trains, not a constant
+    assert val_metrics(records) == ref_metrics
+    assert_same_weights(tmp_path / f'iter_{SEG_ITERS}.pth', ref_work / f'iter_{SEG_ITERS}.pth')
+
+
+def test_classification_runs_with_same_seed_are_identical(data, tmp_path):
+    opts = [*loader_opts(data / 'imagenet', batch=4), *DETERMINISTIC,
+            'train_dataloader.dataset.pipeline.1.scale=64',  # RandomResizedCrop 224 -> 64
+            'train_cfg.max_epochs=2', 'train_cfg.val_interval=100',  # 4 iterations, no val
+            'default_hooks.checkpoint.interval=100']
+    runs = []
+    for name in ('a', 'b'):
+        tool('train', CLS_CFG, '--work-dir', tmp_path / name, '--cfg-options', *opts)
+        (records, ) = scalars(tmp_path / name)
+        runs.append(train_losses(records))
+    assert sorted(runs[0]) == [1, 2, 3, 4], runs[0]
+    assert runs[0] == runs[1]
+    assert len(set(runs[0].values())) > 1
+
+
+# --------------------------------------------------------------------------- 2. safe loading
+class _Evil:
+    """Unpickling this runs ``touch <target>``."""
+
+    def __init__(self, target):
+        self.target = str(target)
+
+    def __reduce__(self):
+        return (os.system, (f'touch {self.target}', ))
+
+
+@pytest.fixture
+def evil_ckpt(tmp_path):
+    target = tmp_path / 'pwned'
+    path = tmp_path / 'evil.pth'
+    torch.save({'meta': {'iter': 2, 'epoch': 0}, 'state_dict': {}, 'x': _Evil(target)}, path)
+    return path, target
+
+
+def _assert_refused(rc, out, path, target):
+    assert rc != 0
+    assert not target.exists(), 'the pickle executed code'
+    # the problem (the refused global) and where (the file) ...
+    assert 'posix.system' in out or 'os.system' in out, out[-3000:]
+    assert str(path) in out, out[-3000:]
+    # ... and that it was refused on purpose, by the weights-only loader
+    assert re.search(r'weights.only|UnsafeCheckpointError', out), out[-3000:]
+
+
+def test_tools_test_refuses_code_executing_checkpoint(data, evil_ckpt, tmp_path):
+    path, target = evil_ckpt
+    rc, out = tool('test', SEG_CFG, path, '--work-dir', tmp_path / 'w', '--cfg-options',
+                   *seg_opts(data), expect_ok=False)
+    _assert_refused(rc, out, path, target)
+
+
+def test_resume_and_load_from_refuse_code_executing_checkpoint(data, evil_ckpt, tmp_path):
+    path, target = evil_ckpt
+    for args in (['--resume', path], ['--cfg-options', f'load_from={path}']):
+        opts = seg_opts(data)
+        if args[0] == '--cfg-options':
+            args, opts = [], [*opts, f'load_from={path}']
+        rc, out = tool('train', SEG_CFG, '--work-dir', tmp_path / 'w', *args, '--cfg-options',
+                       *opts, expect_ok=False)
+        _assert_refused(rc, out, path, target)
+        assert 'Iter(train)' not in out
+
+
+# --------------------------------------------------------------------------- 3. bad input
+def test_unknown_variant_through_train_tool(data, tmp_path):
+    rc, out = tool('train', SEG_CFG, '--work-dir', tmp_path, '--cfg-options', *seg_opts(data),
+                   'model.backbone.arch=huge', expect_ok=False)
+    assert rc != 0
+    assert "Unknown S2AFormer arch 'huge'" in out and "'mini'" in out, out[-3000:]
+
+
+def test_unknown_scope_through_train_tool(tmp_path):
+    rc, out = tool('train', SEG_CFG, '--work-dir', tmp_path, '--cfg-options',
+                   'default_scope=mmfoo', expect_ok=False)
+    assert rc != 0
+    assert "default_scope='mmfoo'" in out and "'mmdet', 'mmpretrain', 'mmseg'" in out, out[-2000:]
+
+
+def test_missing_pretrained_file_through_train_tool(data, tmp_path):
+    missing = tmp_path / 'nope_in1k.pth'
+    opts = [o for o in seg_opts(data) if o != 'model.backbone.init_cfg=None']
+    rc, out = tool('train', SEG_CFG, '--work-dir', tmp_path, '--cfg-options', *opts,
+                   f'model.backbone.init_cfg.checkpoint={missing}', expect_ok=False)
+    assert rc != 0
+    assert f"Backbone checkpoint '{missing}'" in out and 'does not exist' in out
+    assert 'model.backbone.init_cfg=None' in out and 'Iter(train)' not in out
+
+
+@pytest.fixture(scope='module')
+def t_variant_ckpt(data, tmp_path_factory):
+    """A Semantic FPN checkpoint of the *t* variant (saved by the tools' helper)."""
+    from s2aformer_mm.engine.launch import save_initial_checkpoint
+    path = tmp_path_factory.mktemp('t') / 'fpn_t.pth'
+    save_initial_checkpoint(SEG_CFG, str(path), {'model.backbone.init_cfg': None,
+                                                 'model.backbone.arch': 't'})
+    return path
+
+
+def test_other_variant_checkpoint_as_pretrained_lists_mismatches(data, t_variant_ckpt, tmp_path):
+    opts = [o for o in seg_opts(data) if o != 'model.backbone.init_cfg=None']
+    rc, out = tool('train', SEG_CFG, '--work-dir', tmp_path, '--cfg-options', *opts,
+                   f'model.backbone.init_cfg.checkpoint={t_variant_ckpt}', expect_ok=False)
+    assert rc != 0 and 'Iter(train)' not in out
+    assert 'does not match this S2AFormer backbone' in out, out[-3000:]
+    assert re.search(r'\d+ shape mismatches: \S+: checkpoint \(48, ', out), out[-3000:]
+    assert 'same variant (arch)' in out
+
+
+def test_other_variant_checkpoint_through_test_tool_is_an_error(data, t_variant_ckpt,
+                                                                tmp_path):
+    rc, out = tool('test', SEG_CFG, t_variant_ckpt, '--work-dir', tmp_path, '--cfg-options',
+                   *seg_opts(data), expect_ok=False)
+    assert rc != 0, 'a checkpoint of another variant was evaluated'
+    assert 'does not match the model of' in out, out[-3000:]
+    assert 'size mismatch for backbone.patch_embeds.0.proj.weight' in out  # C1: 48 (t) vs 32
+    assert re.search(r'\d+ unexpected key in source state_dict: backbone\.stages\.2\.2\.', out)
+    assert len(out.splitlines()[-1]) < 500  # summarised, not thousands of keys
+
+
+def test_incompatible_library_version_at_import():
+    code = textwrap.dedent('''
+        import importlib.metadata as md
+        real = md.version
+        md.version = lambda name: '0.30.0' if name in ('mmsegmentation', 'mmseg') else real(name)
+        import s2aformer_mm
+    ''')
+    proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                          env=ENV, timeout=120)
+    assert proc.returncode != 0
+    assert 'mmsegmentation 0.30.0' in proc.stderr and 'mmsegmentation==1.2.2' in proc.stderr
+
+
+# --------------------------------------------------------------------------- 5. distributed
+DDP_CONFIG = '''
+_base_ = [{base!r}]
+# Comparable 1- vs 2-process runs: no random augmentation (each rank would draw its
+# own crops from the same seeded stream), GroupNorm in the decode head (per sample,
+# unlike BN whose batch statistics depend on the per-rank batch), backbone BN frozen
+# (norm_eval=True, as shipped), no dropout.
+model = dict(
+    data_preprocessor=dict(size=(64, 64)),
+    backbone=dict(init_cfg=None),
+    neck=dict(out_channels=64),
+    decode_head=dict(in_channels=[64, 64, 64, 64], channels=32, dropout_ratio=0.0,
+                     norm_cfg=dict(type='GN', num_groups=8, requires_grad=True)))
+train_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations', reduce_zero_label=True),
+    dict(type='Resize', scale=(64, 64), keep_ratio=False),
+    dict(type='PackSegInputs'),
+]
+train_dataloader = dict(batch_size={batch}, num_workers=0, persistent_workers=False,
+                        dataset=dict(data_root={root!r}, pipeline=train_pipeline))
+val_dataloader = dict(num_workers=0, persistent_workers=False,
+                      dataset=dict(data_root={root!r}))
+test_dataloader = val_dataloader
+optim_wrapper = dict(optimizer=dict(lr=2e-3))
+param_scheduler = []
+train_cfg = dict(max_iters={iters}, val_interval=1000)
+default_hooks = dict(logger=dict(interval=1),
+                     checkpoint=dict(interval={iters}, save_last=True))
+log_processor = dict(window_size=1)
+randomness = dict(seed=0, deterministic=True)
+log_level = 'DEBUG'  # every rank writes its own log file (the per-rank losses)
+'''
+DDP_ITERS = 4
+
+
+def _ddp_config(tmp_path, data, batch, iters=DDP_ITERS):
+    path = tmp_path / f'fpn_ddp_b{batch}.py'
+    path.write_text(DDP_CONFIG.format(base=str(REPO / SEG_CFG), batch=batch,
+                                      root=str(data / 'ade'), iters=iters))
+    return path
+
+
+def _rank_losses(work, rank):
+    logs = [p for p in Path(work).glob('2*/*.log') if f'rank{rank}' in p.name]
+    assert len(logs) == 1, list(Path(work).rglob('*.log'))
+    found = re.findall(r'Iter\(train\) \[(\d+)/\d+\].*?  loss: ([\d.]+)', logs[0].read_text())
+    return {int(i): float(v) for i, v in found}
+
+
+def _dist_env():
+    return dict(ENV, PORT=str(random.randint(29600, 29999)))
+
+
+def test_two_process_ddp_matches_one_process_same_global_batch(data, tmp_path):
+    """1 process x batch 2 vs 2 gloo processes x batch 1 (same samples per iteration:
+    the sampler gives rank r the indices r::2 of the same permutation). The loss of an
+    iteration is a mean over equal-sized images, so the mean of the two ranks' losses
+    equals the 1-process loss; DDP averages gradients, so the weights agree too.
+    Tolerance: 2e-4 on the losses (rank 1's loss comes from its text log, 4 decimals),
+    1e-3 relative on the total weight change (gloo sums gradients in another order)."""
+    one = tmp_path / 'one'
+    tool('train', _ddp_config(tmp_path, data, 2), '--work-dir', one)
+    (records, ) = scalars(one)
+    single = train_losses(records)
+    two = tmp_path / 'two'
+    proc = subprocess.run(['bash', 'tools/dist_train.sh', str(_ddp_config(tmp_path, data, 1)),
+                           '2', '--work-dir', str(two)], cwd=REPO, env=_dist_env(),
+                          capture_output=True, text=True, timeout=300)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-6000:]
+    assert 'GPU number: 2' in out
+    rank0, rank1 = _rank_losses(two, 0), _rank_losses(two, 1)
+    assert sorted(single) == sorted(rank0) == sorted(rank1) == list(range(1, DDP_ITERS + 1))
+    for i in single:
+        assert abs((rank0[i] + rank1[i]) / 2 - single[i]) < 2e-4, (i, rank0, rank1, single)
+    # The two ranks saw different images (otherwise the check above is vacuous).
+    assert any(abs(rank0[i] - rank1[i]) > 1e-2 for i in single)
+    # Weights: the DDP - 1-process difference is tiny against how far training moved them.
+    from s2aformer_mm.engine.launch import save_initial_checkpoint
+    init = save_initial_checkpoint(str(_ddp_config(tmp_path, data, 2)),
+                                   str(tmp_path / 'init.pth'))
+    w0, w1, w2 = (weights(p) for p in (init, one / f'iter_{DDP_ITERS}.pth',
+                                       two / f'iter_{DDP_ITERS}.pth'))
+    moved = torch.cat([(w1[k] - w0[k]).flatten().double() for k in w1 if w1[k].is_floating_point()])
+    diff = torch.cat([(w2[k] - w1[k]).flatten().double() for k in w1 if w1[k].is_floating_point()])
+    assert moved.norm() > 0
+    assert diff.norm() / moved.norm() < 1e-3, (diff.norm().item(), moved.norm().item())
+
+
+def test_a_rank_killed_makes_the_job_fail_fast(data, tmp_path):
+    """SIGKILL rank 1 mid-training: torchrun tears the job down within seconds and names
+    the dead rank and the signal; rank 0 does not linger (gloo would block it in the
+    next all-reduce for the 30-minute process-group timeout otherwise)."""
+    cfg = _ddp_config(tmp_path, data, 1, iters=500)
+    job = Job(['bash', 'tools/dist_train.sh', cfg, 2, '--work-dir', tmp_path / 'w'],
+              env=_dist_env())
+    # mmengine pads the counter to the width of max_iters: 'Iter(train) [  2/500]'
+    job.wait_until(lambda: re.search(r'Iter\(train\) \[\s*2/500\]', job.out), timeout=240,
+                   poll=0.05)
+    workers = {int(p.environ().get('RANK', -1)): p
+               for p in psutil.Process(job.proc.pid).children(recursive=True)
+               if 'tools/train.py' in ' '.join(p.cmdline())}
+    assert set(workers) == {0, 1}, workers
+    t0 = time.monotonic()
+    os.kill(workers[1].pid, signal.SIGKILL)
+    rc = job.finish(timeout=120)
+    elapsed = time.monotonic() - t0
+    print(f'job ended with rc {rc} {elapsed:.1f}s after SIGKILL of rank 1')
+    assert rc != 0
+    assert elapsed < 60, f'the job took {elapsed:.0f}s to fail after a rank died'
+    assert not workers[0].is_running() or workers[0].status() == psutil.STATUS_ZOMBIE
+    assert re.search(r'rank\s*: 1 \(local_rank: 1\)', job.out), job.out[-4000:]
+    assert 'Signal 9 (SIGKILL)' in job.out, job.out[-4000:]
+
+
+# --------------------------------------------------------------------------- 6. odd shapes
+ODD_SIZES = [(500, 375), (1333, 800), (37, 1000)]  # (width, height)
+
+
+def _image(w, h):
+    return np.random.default_rng(w * h).integers(0, 255, (h, w, 3), dtype=np.uint8)
+
+
+def test_semantic_fpn_odd_sizes():
+    from mmengine.config import Config
+    from mmseg.apis import inference_model, init_model
+
+    cfg = Config.fromfile(str(REPO / SEG_CFG))
+    cfg.model.backbone.init_cfg = None
+    model = init_model(cfg, None, device='cpu')
+    for w, h in ODD_SIZES:
+        with torch.no_grad():
+            result = inference_model(model, _image(w, h))
+        assert tuple(result.pred_sem_seg.data.shape) == (1, h, w), (w, h)
+        assert tuple(result.seg_logits.data.shape[1:]) == (h, w)
+        assert torch.isfinite(result.seg_logits.data).all()
+
+
+@pytest.mark.parametrize('config,score_thr', [
+    (RETINA_CFG, 'score_thr'), (MASK_CFG, 'rcnn.score_thr')], ids=['retinanet', 'mask-rcnn'])
+def test_detectors_odd_sizes(config, score_thr):
+    from mmdet.apis import inference_detector, init_detector
+    from mmengine.config import Config
+
+    cfg = Config.fromfile(str(REPO / config))
+    cfg.model.backbone.init_cfg = None
+    # untrained: keep every detection so there are boxes to check
+    cfg.merge_from_dict({f'model.test_cfg.{score_thr}': 0.0})
+    model = init_detector(cfg, None, device='cpu')
+    for w, h in ODD_SIZES:
+        with torch.no_grad():
+            result = inference_detector(model, _image(w, h))
+        boxes = result.pred_instances.bboxes
+        assert len(boxes) > 0, (w, h)
+        assert result.ori_shape == (h, w)
+        assert torch.isfinite(boxes).all()
+        # mmdet clips to the resized image, then divides by the scale factor: 1e-3 slack
+        assert (boxes[:, 0] >= 0).all() and (boxes[:, 1] >= 0).all(), (w, h)
+        assert (boxes[:, 2] <= w + 1e-3).all() and (boxes[:, 3] <= h + 1e-3).all(), (w, h)
+        assert (boxes[:, 2] >= boxes[:, 0]).all() and (boxes[:, 3] >= boxes[:, 1]).all()
+        if 'masks' in result.pred_instances:
+            assert tuple(result.pred_instances.masks.shape[1:]) == (h, w)
