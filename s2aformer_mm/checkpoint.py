@@ -145,11 +145,8 @@ def load_backbone_pretrained(module: torch.nn.Module, init_cfg: dict) -> None:
                            f'of a model with a backbone? (use prefix="" for a bare backbone file)')
     own = module.state_dict()
     optional = re.compile(r'^out_norm\d+\.')
-    missing = [k for k in own if k not in state]
-    mismatched = [f'{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}'
-                  for k in own if k in state and state[k].shape != own[k].shape]
+    missing, mismatched, unexpected = compare_state_dicts(own, state)
     required_missing = [k for k in missing if not optional.match(k)]
-    unexpected = [k for k in state if k not in own]
     if (required_missing or mismatched or unexpected) and strict:
         raise CheckpointMismatchError(_report(path, required_missing, mismatched, unexpected))
     loadable = {k: v for k, v in state.items() if k in own and v.shape == own[k].shape}
@@ -162,21 +159,45 @@ def load_backbone_pretrained(module: torch.nn.Module, init_cfg: dict) -> None:
     print_log(msg, logger='current', level=30 if (missing or not strict) else 20)
 
 
+def compare_state_dicts(own: Dict, state: Dict):
+    """(missing, shape-mismatched, unexpected) keys of ``state`` against ``own``."""
+    missing = [k for k in own if k not in state]
+    mismatched = [f'{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}'
+                  for k in own if k in state and state[k].shape != own[k].shape]
+    unexpected = [k for k in state if k not in own]
+    return missing, mismatched, unexpected
+
+
+def check_model_checkpoint(model: torch.nn.Module, path: str) -> None:
+    """Raise :class:`CheckpointMismatchError` unless ``path`` holds exactly ``model``'s
+    keys and shapes (mmengine's ``load_from`` would only warn)."""
+    missing, mismatched, unexpected = compare_state_dicts(
+        model.state_dict(), _state_dict(safe_load(path)))
+    if missing or mismatched or unexpected:
+        raise CheckpointMismatchError(_report(path, missing, mismatched, unexpected,
+                                              what='this model', hint=None))
+
+
 def _short(keys: Iterable[str], n: int = 8) -> str:
     keys = list(keys)
     return ', '.join(keys[:n]) + (f' ... (+{len(keys) - n} more)' if len(keys) > n else '')
 
 
-def _report(path, missing, mismatched, unexpected) -> str:
-    lines = [f'Checkpoint {path!r} does not match this S2AFormer backbone:']
+_PRETRAINED_HINT = ('  Is it a checkpoint of the same variant (arch) and the right prefix? '
+                    'To load what matches anyway, add strict=False to the Pretrained init_cfg.')
+
+
+def _report(path, missing, mismatched, unexpected, what='this S2AFormer backbone',
+            hint=_PRETRAINED_HINT) -> str:
+    lines = [f'Checkpoint {path!r} does not match {what}:']
     if missing:
         lines.append(f'  {len(missing)} missing keys: {_short(missing)}')
     if mismatched:
         lines.append(f'  {len(mismatched)} shape mismatches: {_short(mismatched, 4)}')
     if unexpected:
         lines.append(f'  {len(unexpected)} unexpected keys: {_short(unexpected)}')
-    lines.append('  Is it a checkpoint of the same variant (arch) and the right prefix? '
-                 "To load what matches anyway, add strict=False to the Pretrained init_cfg.")
+    if hint:
+        lines.append(hint)
     return '\n'.join(lines)
 
 

@@ -17,10 +17,11 @@ import torch
 from mmengine.config import Config, ConfigDict, DictAction
 from mmengine.dist import get_dist_info
 from mmengine.logging import print_log
+from mmengine.model import is_model_wrapper
 from mmengine.registry import RUNNERS, init_default_scope
 from mmengine.runner import Runner
 
-from ..checkpoint import CheckpointMismatchError, UnsafeCheckpointError
+from ..checkpoint import CheckpointMismatchError, UnsafeCheckpointError, check_model_checkpoint
 from ..integrations import SUPPORTED, require
 from .checkpointing import (apply_checkpoint_defaults, find_resumable_checkpoint,
                             remove_stale_temp_files)
@@ -256,26 +257,6 @@ def enable_visualization(cfg: Config, scope: str, show_dir: Optional[str], show:
         hook.update(draw=True, interval=1, test_out_dir=show_dir)
 
 
-def _summarise_load_error(msg: str, n: int = 6) -> str:
-    """Shorten mmengine's strict-load message (it lists every key) to counts + examples."""
-    lines, mismatches = [], []
-    for line in msg.splitlines():
-        if line.startswith('size mismatch for'):
-            mismatches.append(line)
-        elif ': ' in line and ', ' in line:
-            head, keys = line.split(': ', 1)
-            keys = keys.split(', ')
-            more = f' ... (+{len(keys) - n} more)' if len(keys) > n else ''
-            lines.append(f'  {len(keys)} {head}: {", ".join(keys[:n])}{more}')
-        elif line.strip():
-            lines.append(f'  {line.strip()}')
-    if mismatches:
-        lines += [f'  {m}' for m in mismatches[:n]]
-        if len(mismatches) > n:
-            lines.append(f'  ... {len(mismatches) - n} more size mismatches')
-    return '\n'.join(lines)
-
-
 # --------------------------------------------------------------------------- entry points
 def _build_runner(cfg: Config) -> Runner:
     return RUNNERS.build(cfg) if 'runner_type' in cfg else Runner.from_cfg(cfg)
@@ -322,9 +303,7 @@ def run_test(args: argparse.Namespace) -> dict:
     check_data_dirs(cfg, ['test_dataloader'])
     if not osp.isfile(args.checkpoint) and '://' not in args.checkpoint:
         raise InputNotFoundError(f'Checkpoint {args.checkpoint!r} does not exist.')
-    # Loaded strictly after the Runner is built (mmengine's load_from is non-strict: a
-    # checkpoint of another variant would be evaluated with a warning only).
-    cfg.load_from = None
+    cfg.load_from = args.checkpoint
     if args.show or args.show_dir:
         show_dir = osp.abspath(args.show_dir) if args.show_dir else None
         enable_visualization(cfg, scope, show_dir, args.show, args.wait_time)
@@ -339,14 +318,11 @@ def run_test(args: argparse.Namespace) -> dict:
     setup_distributed(cfg)
     try:
         runner = _build_runner(cfg)
-        try:
-            runner.load_checkpoint(args.checkpoint, map_location='cpu', strict=True)
-        except RuntimeError as e:
-            if isinstance(e, UnsafeCheckpointError):
-                raise
-            raise CheckpointMismatchError(
-                f'Checkpoint {args.checkpoint!r} does not match the model of {args.config} (another '
-                f'variant or task?):\n{_summarise_load_error(str(e))}') from None
+        # mmengine's load_from is non-strict: a checkpoint of another variant would be
+        # evaluated with a warning only. Check keys and shapes first; the Runner then loads
+        # it as usual (after before_run, which e.g. EMAHook needs).
+        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+        check_model_checkpoint(model, args.checkpoint)
         metrics = runner.test()
     except BaseException:
         destroy_distributed(barrier=False)
