@@ -202,7 +202,8 @@ def test_sigkill_between_checkpoints_then_resume_matches_uninterrupted(data, seg
     killed, resumed = scalars(tmp_path)
     # Only the iteration since the last checkpoint (3) is repeated.
     assert min(train_losses(resumed)) == 3 and 'Iter(train) [1/' not in out
-    assert 3 in train_losses(killed)
+    # (The killed run's console showed iteration 3; its scalars.json line may not have been
+    # written yet when the kill landed, so it is not required there.)
     # The repeated iteration and everything after it match the uninterrupted run.
     assert train_losses(killed) == {i: ref_losses[i] for i in train_losses(killed)}
     assert train_losses(resumed) == {i: ref_losses[i] for i in range(3, SEG_ITERS + 1)}
