@@ -4,12 +4,5 @@ _base_ = ['../_base_/fpn_s2aformer_ade20k.py', '../_base_/models/s2aformer_xs.py
 model = dict(
     backbone=dict(
         **_base_.s2aformer_backbone,
-        # ImageNet-1k classifier checkpoint (keys 'backbone.*'); a missing file
-        # raises FileNotFoundError. Override on the command line with
-        #   --cfg-options model.backbone.init_cfg.checkpoint=PATH
-        # or train from scratch with --cfg-options model.backbone.init_cfg=None.
-        init_cfg=dict(
-            type='Pretrained',
-            checkpoint='checkpoints/s2aformer_xs_in1k.pth',
-            prefix='backbone.')),
+        init_cfg=_base_.s2aformer_pretrained),
     neck=dict(in_channels=_base_.s2aformer_channels))

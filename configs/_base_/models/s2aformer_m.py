@@ -14,3 +14,9 @@ s2aformer_channels = [96, 128, 256, 512]
 # The paper gives no drop-path rate. 0.1 as EdgeNeXt-S for the widest
 # (28-block, 25 M) variant.
 s2aformer_backbone = dict(type='S2AFormer', arch='m', drop_path_rate=0.1)
+# ImageNet-1k classifier checkpoint (keys 'backbone.*') that dense configs start from;
+# a missing file is an error naming it. Override on the command line with
+#   --cfg-options model.backbone.init_cfg.checkpoint=PATH
+# or train from scratch with --cfg-options model.backbone.init_cfg=None.
+s2aformer_pretrained = dict(
+    type='Pretrained', checkpoint='checkpoints/s2aformer_m_in1k.pth', prefix='backbone.')

@@ -14,3 +14,9 @@ s2aformer_channels = [48, 64, 128, 256]
 # The paper gives no drop-path rate. EdgeNeXt, whose recipe the paper follows,
 # uses none for its smallest models (12 blocks here).
 s2aformer_backbone = dict(type='S2AFormer', arch='t', drop_path_rate=0.0)
+# ImageNet-1k classifier checkpoint (keys 'backbone.*') that dense configs start from;
+# a missing file is an error naming it. Override on the command line with
+#   --cfg-options model.backbone.init_cfg.checkpoint=PATH
+# or train from scratch with --cfg-options model.backbone.init_cfg=None.
+s2aformer_pretrained = dict(
+    type='Pretrained', checkpoint='checkpoints/s2aformer_t_in1k.pth', prefix='backbone.')

@@ -14,3 +14,9 @@ s2aformer_channels = [48, 64, 128, 256]
 # The paper gives no drop-path rate. A light rate for the 16-block model, between
 # EdgeNeXt-XS (0.0) and EdgeNeXt-S (0.1).
 s2aformer_backbone = dict(type='S2AFormer', arch='xs', drop_path_rate=0.05)
+# ImageNet-1k classifier checkpoint (keys 'backbone.*') that dense configs start from;
+# a missing file is an error naming it. Override on the command line with
+#   --cfg-options model.backbone.init_cfg.checkpoint=PATH
+# or train from scratch with --cfg-options model.backbone.init_cfg=None.
+s2aformer_pretrained = dict(
+    type='Pretrained', checkpoint='checkpoints/s2aformer_xs_in1k.pth', prefix='backbone.')
