@@ -185,7 +185,8 @@ def _mmcv_norm(m, inputs, output) -> int:
 #: mmcv 1.x ``get_model_complexity_info`` rules (module type -> MACs of one call).
 _MMCV_RULES = (
     (torch.nn.modules.conv._ConvNd, _mmcv_conv),
-    (torch.nn.Linear, lambda m, i, o: i[0].numel() * o.shape[-1]),
+    # (tokens x in_features) x out_features; also for PointwiseLinear's NCHW input
+    (torch.nn.Linear, lambda m, i, o: i[0].numel() * m.out_features),
     ((torch.nn.modules.batchnorm._BatchNorm, torch.nn.GroupNorm, torch.nn.LayerNorm,
       torch.nn.modules.instancenorm._InstanceNorm), _mmcv_norm),
     ((torch.nn.ReLU, torch.nn.PReLU, torch.nn.ELU, torch.nn.LeakyReLU, torch.nn.ReLU6),

@@ -18,6 +18,8 @@ from the training form only by floating-point rounding.
   added to the centre tap (RepVGG-style; exact with zero padding because the
   centre tap always reads ``x`` itself).
 * :func:`merge_linears` -- ``(l1(x) + l2(x)) / 2`` is one linear layer.
+* :func:`fuse_conv_act` -- ``act(conv(x))`` becomes one :class:`FusedConvAct`
+  (oneDNN convolution with the activation as a post-op on CPU; same arithmetic).
 
 Do **not** run ``mmcv.cnn.fuse_conv_bn`` on S2AFormer: it fuses a BN into the last
 conv seen among a module's children even when an activation sits between them,
@@ -33,7 +35,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 __all__ = ['bn_affine', 'fold_bn_into_conv', 'fold_affine_into_conv_input',
            'fold_affine_into_linear_input', 'fold_identity_into_dwconv', 'merge_linears',
-           'count_batchnorms', 'switch_to_deploy', 'is_deployed']
+           'FusedConvAct', 'fuse_conv_act', 'count_batchnorms', 'switch_to_deploy',
+           'is_deployed']
 
 
 def bn_affine(bn: _BatchNorm) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -118,6 +121,71 @@ def merge_linears(l1: nn.Linear, l2: nn.Linear) -> nn.Linear:
     b2 = l2.bias if l2.bias is not None else zero
     out.bias.copy_((b1 + b2) / 2)
     return out
+
+
+_HAS_ONEDNN_CONV_POST_OPS = (torch.backends.mkldnn.is_available()
+                             and hasattr(torch.ops.mkldnn, '_convolution_pointwise'))
+
+
+def _onednn_post_op(act: nn.Module):
+    """``(attr, algorithm)`` of ``act`` as a oneDNN convolution post-op, or None."""
+    if isinstance(act, nn.GELU):
+        return 'gelu', act.approximate
+    if isinstance(act, nn.ReLU):
+        return 'relu', ''
+    return None
+
+
+def _onednn_eager(x: torch.Tensor) -> bool:
+    """Eager fp32 on a CPU with oneDNN; traced / compiled / exported graphs take the
+    plain ops (which their tools know). ``is_compiling`` goes first: dynamo must
+    not trace the other checks."""
+    return (not torch.compiler.is_compiling() and x.device.type == 'cpu'
+            and x.dtype == torch.float32 and _HAS_ONEDNN_CONV_POST_OPS
+            and torch.backends.mkldnn.enabled and not torch.jit.is_tracing()
+            and not torch.jit.is_scripting() and not torch.onnx.is_in_onnx_export())
+
+
+class FusedConvAct(nn.Module):
+    """``act(conv(x))`` for inference, in one pass over memory on CPU.
+
+    On CPU (fp32, eager) it calls oneDNN's convolution with the activation as a
+    post-op (``torch.ops.mkldnn._convolution_pointwise``, what ``torch.compile``'s
+    CPU backend emits): the activation runs on each output tile while it is in
+    cache instead of in a second sweep over the map. For the FFN's 48->192 1x1
+    conv at 56x56 (batch 16) that is 2.8 ms instead of 6.5 ms. Elsewhere (GPU,
+    reduced precision, traced/compiled/exported graphs) it runs the two modules.
+    Exact up to rounding either way.
+    """
+
+    def __init__(self, conv: nn.Conv2d, act: nn.Module):
+        super().__init__()
+        post_op = _onednn_post_op(act)
+        if post_op is None or not isinstance(conv, nn.Conv2d) or isinstance(conv.padding, str) \
+                or conv.padding_mode != 'zeros':
+            raise ValueError(f'FusedConvAct fuses a zero-padded Conv2d with GELU or ReLU, '
+                             f'got {conv} and {act}')
+        self.conv, self.act = conv, act
+        self._attr, self._algorithm = post_op
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = self.conv
+        # The fused op has no autograd formula: with gradients wanted, the plain ops.
+        if _onednn_eager(x) and not (torch.is_grad_enabled()
+                                     and (x.requires_grad or c.weight.requires_grad)):
+            return torch.ops.mkldnn._convolution_pointwise(
+                x, c.weight, c.bias, list(c.padding), list(c.stride), list(c.dilation),
+                c.groups, self._attr, [], self._algorithm)
+        return self.act(c(x))
+
+
+def fuse_conv_act(conv: nn.Module, act: nn.Module) -> Tuple[nn.Module, nn.Module]:
+    """``(FusedConvAct(conv, act), Identity)`` where oneDNN can fuse ``act``,
+    else ``(conv, act)`` unchanged; assign the pair back in place of the two."""
+    if isinstance(conv, nn.Conv2d) and _onednn_post_op(act) is not None \
+            and not isinstance(conv.padding, str) and conv.padding_mode == 'zeros':
+        return FusedConvAct(conv, act), nn.Identity()
+    return conv, act
 
 
 def count_batchnorms(model: nn.Module) -> int:

@@ -9,10 +9,11 @@ import torch.nn as nn
 from mmengine.registry import DefaultScope
 
 from s2aformer_mm import S2AFormer
-from s2aformer_mm.deploy import (ClassifierLogits, count_batchnorms, export_onnx,
-                                 fold_affine_into_conv_input, is_deployed,
+from s2aformer_mm.deploy import (ClassifierLogits, FusedConvAct, count_batchnorms, export_onnx,
+                                 fold_affine_into_conv_input, fuse_conv_act, is_deployed,
                                  onnxruntime_session, switch_to_deploy)
-from s2aformer_mm.models.s2aformer import StripSelfAttention, strip_attention
+from s2aformer_mm.models import s2aformer as s2a_module
+from s2aformer_mm.models.s2aformer import PointwiseLinear, StripSelfAttention, strip_attention
 
 TINY = dict(depths=[1, 1, 1, 1], channels=[16, 32, 64, 128], num_heads=[1, 2, 4, 8])
 
@@ -142,6 +143,47 @@ def test_strip_attention_gradcheck():
     k = torch.randn(1, 2, 7, 1, dtype=torch.float64, requires_grad=True)
     v = torch.randn(1, 2, 7, 3, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda a, b, c: strip_attention(a, b, c, 1.3), (q, k, v))
+
+
+@pytest.mark.parametrize('block', [1 << 22, 5000])  # one block / 7 blocks of queries
+def test_strip_attention_inference_path(monkeypatch, block):
+    """Without autograd the kernel takes the block-softmax path (no log-sum-exp)."""
+    monkeypatch.setattr(s2a_module, 'STRIP_ATTN_INFER_BLOCK', block)
+    q, k, v = torch.randn(2, 2, 700, 1) * 3, torch.randn(2, 2, 49, 1), torch.randn(2, 2, 49, 8)
+    with torch.no_grad():
+        out = strip_attention(q, k, v, 0.7)
+    ref = torch.softmax(0.7 * q @ k.transpose(-2, -1), -1) @ v
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_pointwise_linear_is_a_linear_per_pixel():
+    lin = PointwiseLinear(12, 5)
+    x = torch.randn(2, 12, 7, 9).contiguous(memory_format=torch.channels_last)
+    ref = nn.functional.linear(x.permute(0, 2, 3, 1), lin.weight, lin.bias).permute(0, 3, 1, 2)
+    torch.testing.assert_close(lin(x), ref, atol=1e-5, rtol=1e-5)
+    assert set(lin.state_dict()) == {'weight', 'bias'} and lin.weight.shape == (5, 12)
+
+
+@pytest.mark.parametrize('act', [nn.GELU(), nn.GELU(approximate='tanh'), nn.ReLU()])
+@pytest.mark.parametrize('groups,k,stride', [(1, 1, 1), (8, 3, 1), (1, 3, 2)])
+def test_fused_conv_act_equals_plain(act, groups, k, stride):
+    conv = nn.Conv2d(8, 16 if groups == 1 else 8, k, stride, k // 2, groups=groups)
+    fused, rest = fuse_conv_act(conv, act)
+    assert isinstance(fused, FusedConvAct) and isinstance(rest, nn.Identity)
+    x = torch.randn(2, 8, 13, 11).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), act(conv(x)), atol=1e-5, rtol=1e-5)
+    # With gradients wanted it runs the plain (differentiable) ops.
+    y = fused(x.requires_grad_())
+    assert y.grad_fn is not None
+    torch.testing.assert_close(y, act(conv(x)), atol=1e-5, rtol=1e-5)
+
+
+def test_fuse_conv_act_leaves_other_activations():
+    conv, act = nn.Conv2d(4, 4, 3, padding=1), nn.SiLU()
+    assert fuse_conv_act(conv, act) == (conv, act)
+    with pytest.raises(ValueError, match='GELU or ReLU'):
+        FusedConvAct(conv, act)
 
 
 def test_ssa_three_paths_equal(monkeypatch):

@@ -45,6 +45,9 @@ def _to_channels_last_ln(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
 #: Elements of one ``(B, h, chunk, Ns)`` logits block in the strip-attention kernel
 #: (1 MiB in fp32): small enough to stay in cache, large enough to amortise the loop.
 STRIP_ATTN_BLOCK = 1 << 18
+#: The same without autograd (16 MiB): fewer, larger ops win when nothing is kept
+#: for backward; still bounded at detection sizes.
+STRIP_ATTN_INFER_BLOCK = 1 << 22
 
 
 def _strip_chunk(q: torch.Tensor, k: torch.Tensor) -> int:
@@ -104,6 +107,17 @@ class _StripAttentionFunction(torch.autograd.Function):
         return dq, (dkt * scale).transpose(-2, -1), dv, None, None
 
 
+def _strip_attention_infer(q, k, v, scale: float) -> torch.Tensor:
+    """Forward without autograd: no log-sum-exp to keep, so ``softmax`` in large
+    blocks of :data:`STRIP_ATTN_INFER_BLOCK` elements (one block at 224^2)."""
+    kt = k.transpose(-2, -1) * scale                          # B h 1 Ns
+    rows = max(16, STRIP_ATTN_INFER_BLOCK // max(1, q.shape[0] * q.shape[1] * k.shape[-2]))
+    if q.shape[-2] <= rows:
+        return torch.softmax(q * kt, -1) @ v
+    return torch.cat([torch.softmax(q[..., s:s + rows, :] * kt, -1) @ v
+                      for s in range(0, q.shape[-2], rows)], -2)
+
+
 def strip_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                     scale: float) -> torch.Tensor:
     """``softmax(scale * q k^T, -1) v`` for ``q: (B, h, N, 1)``, ``k: (B, h, Ns, 1)``,
@@ -113,12 +127,11 @@ def strip_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     torch's CPU SDPA takes the math path when query/key and value head sizes
     differ (here 1 vs ``C / h``), which materialises (and, for backward, keeps) the
     whole ``N x Ns`` probability matrix per head -- 1 GiB per block in stage 1 of a
-    detector at 800x1333.
+    detector at 800x1333 -- and is 1.3-5x slower than this at 224^2.
     """
-    chunk = _strip_chunk(q, k)
     if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
-        return _StripAttentionFunction.apply(q, k, v, scale, chunk)
-    return _strip_attention_fwd(q, k, v, scale, chunk)[0]
+        return _StripAttentionFunction.apply(q, k, v, scale, _strip_chunk(q, k))
+    return _strip_attention_infer(q, k, v, scale)
 
 
 def _use_strip_kernel(q: torch.Tensor) -> bool:
@@ -128,6 +141,19 @@ def _use_strip_kernel(q: torch.Tensor) -> bool:
     return (q.dtype in (torch.float32, torch.float64) and not torch.jit.is_tracing()
             and not torch.jit.is_scripting() and not torch.compiler.is_compiling()
             and not torch.onnx.is_in_onnx_export())
+
+
+class PointwiseLinear(nn.Linear):
+    """A :class:`~torch.nn.Linear` over the channels of each pixel of an NCHW map.
+
+    Same parameters (and checkpoint keys) as ``nn.Linear``, computed as a 1x1
+    convolution: on channels-last maps that needs no permutes, and on CPU
+    oneDNN's 1x1 convolution was 2-2.3x faster than the BLAS linear for SSA's
+    shapes (48-256 channels) on the development machine.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.weight[:, :, None, None], self.bias)
 
 
 def _ln_affine_to_fold(norm: nn.Module) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -147,6 +173,10 @@ def _plain_layer_norm(norm: nn.LayerNorm) -> nn.LayerNorm:
 
 class ConvAct(Sequential):
     """``Conv -> act -> BN``: the stem / FFN unit (activation *before* BN)."""
+
+    def fuse_act(self) -> None:
+        """Deploy form: conv and activation as one :class:`~s2aformer_mm.deploy.FusedConvAct`."""
+        self[0], self[1] = _dp.fuse_conv_act(self[0], self[1])
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1,
                  groups=1, act_cfg=dict(type='GELU'), norm_cfg=dict(type='BN')):
@@ -215,10 +245,10 @@ class StripSelfAttention(BaseModule):
         self.fused = fused
         self.attn_drop = attn_drop
         self.deploy = False
-        self.q = nn.Linear(dim, num_heads)          # channel squeeze: 1 channel / head
-        self.k = nn.Linear(dim, num_heads)
-        self.v = nn.Linear(dim, dim)
-        self.proj = nn.Linear(dim, dim)
+        self.q = PointwiseLinear(dim, num_heads)    # channel squeeze: 1 channel / head
+        self.k = PointwiseLinear(dim, num_heads)
+        self.v = PointwiseLinear(dim, dim)
+        self.proj = PointwiseLinear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
         if sr_ratio > 1:
             self.sr = nn.Conv2d(dim, dim, sr_ratio, sr_ratio, groups=dim)
@@ -228,16 +258,12 @@ class StripSelfAttention(BaseModule):
         """x: normalised NCHW map; returns the NCHW attention output."""
         B, C, H, W = x.shape
         h = self.num_heads
-        tokens = x.permute(0, 2, 3, 1).reshape(B, H * W, C)
-        if self.sr_ratio > 1:
-            # Floors for sizes that are not multiples of sr, as in PVT/CMT.
-            reduced = self.sr_norm(self.sr(x))
-            reduced = reduced.permute(0, 2, 3, 1).reshape(B, -1, C)
-        else:
-            reduced = tokens
-        q = self.q(tokens).transpose(1, 2).unsqueeze(-1)          # B h N 1
-        k = self.k(reduced).transpose(1, 2).unsqueeze(-1)         # B h Ns 1
-        v = self.v(reduced).reshape(B, -1, h, C // h).transpose(1, 2)  # B h Ns C/h
+        # Floors for sizes that are not multiples of sr, as in PVT/CMT.
+        reduced = self.sr_norm(self.sr(x)) if self.sr_ratio > 1 else x
+        # On channels-last maps these reshapes are views.
+        q = self.q(x).reshape(B, h, H * W, 1)                               # B h N 1
+        k = self.k(reduced).reshape(B, h, -1, 1)                            # B h Ns 1
+        v = self.v(reduced).reshape(B, h, C // h, -1).transpose(-2, -1)     # B h Ns C/h
         drop = self.attn_drop if self.training else 0.
         if self.fused and not drop and _use_strip_kernel(q):
             out = strip_attention(q, k, v, self.scale)
@@ -247,9 +273,8 @@ class StripSelfAttention(BaseModule):
             attn = (q * self.scale) @ k.transpose(-2, -1)          # B h N Ns
             attn = F.dropout(attn.softmax(dim=-1), drop, self.training)
             out = attn @ v
-        out = out.transpose(1, 2).reshape(B, H * W, C)
-        out = self.proj_drop(self.proj(out))
-        return out.reshape(B, H, W, C).permute(0, 3, 1, 2)
+        out = out.transpose(1, 2).reshape(B, H, W, C).permute(0, 3, 1, 2)  # channels-last
+        return self.proj_drop(self.proj(out))
 
     @torch.no_grad()
     def switch_to_deploy(self, norm: Optional[nn.LayerNorm] = None) -> None:
@@ -354,7 +379,7 @@ class InvertedResidualFFN(BaseModule):
 
     def forward(self, x):
         x = self.fc1(x)
-        if self.deploy:   # identity in dw's centre tap, dw_norm/fc2_norm inside fc2
+        if self.deploy:   # identity in dw's centre tap, GELU fused, dw_norm/fc2_norm in fc2
             return self.fc2(self.act(self.dw(x)))
         x = self.dw_norm(self.act(self.dw(x) + x))
         return self.fc2_norm(self.fc2(x))
@@ -368,6 +393,8 @@ class InvertedResidualFFN(BaseModule):
           (a 1x1 conv: no padding, so exact) and ``fc2_norm`` into its output;
         * ``norm`` (the block's LayerNorm before the FFN), if given, gives its
           affine to ``fc1``'s 1x1 conv input (exact); the caller drops it.
+        * both ``conv -> GELU`` pairs run as one fused op
+          (:class:`~s2aformer_mm.deploy.FusedConvAct`);
         * Kept: ``fc1``'s BN. It follows a GELU and precedes the zero-padded 3x3
           depth-wise conv, so folding it into that conv's input would change the
           border pixels (they would see ``-b/a`` instead of 0): not exact.
@@ -377,6 +404,8 @@ class InvertedResidualFFN(BaseModule):
         if norm is not None:
             _dp.fold_affine_into_conv_input(self.fc1[0], *_ln_affine_to_fold(norm))
         _dp.fold_identity_into_dwconv(self.dw)
+        self.fc1.fuse_act()
+        self.dw, self.act = _dp.fuse_conv_act(self.dw, self.act)
         if isinstance(self.dw_norm, _BatchNorm):
             _dp.fold_affine_into_conv_input(self.fc2, *_dp.bn_affine(self.dw_norm))
             self.dw_norm = nn.Identity()
@@ -653,7 +682,8 @@ class S2AFormer(BaseModule):
           input side of stage 1's 2x2/stride-2 patch-embedding conv (unpadded:
           exact). The first two BNs stay: each precedes a zero-padded 3x3 conv,
           where an input-side fold changes the border (and GELU blocks a fold
-          into the conv before it).
+          into the conv before it). Each ``Conv -> GELU`` runs fused
+          (:class:`~s2aformer_mm.deploy.FusedConvAct`).
         * each HPB: ``x + DWConv(x)`` -> one DWConv; SSA reduction BN -> its conv;
           LayerNorm affines -> q/k/v/reduction conv, FFN fc1; LIM's first
           grouped 1x1 conv -> ``norm2``; logit scale -> q; FFN ``dw + x`` -> dw,
@@ -672,6 +702,8 @@ class S2AFormer(BaseModule):
         if isinstance(last_bn, _BatchNorm):
             _dp.fold_affine_into_conv_input(self.patch_embeds[0].proj, *_dp.bn_affine(last_bn))
             self.stem[-1][-1] = nn.Identity()
+        for unit in self.stem:
+            unit.fuse_act()
         for stage in self.stages:
             for block in stage:
                 block.switch_to_deploy()

@@ -47,6 +47,7 @@ import torch
 import s2aformer_mm
 from s2aformer_mm import S2AFormer
 from s2aformer_mm.complexity import count_macs
+from s2aformer_mm.runtime import tune_cpu_allocator
 from s2aformer_mm.deploy import (ClassifierLogits, build_model_from_config, export_onnx,
                                  onnxruntime_session, switch_to_deploy)
 
@@ -78,11 +79,24 @@ def median_time(fn, warmup, rounds, device):
     return statistics.median(times)
 
 
-def gemm_flops(device, n=2048, rounds=5):
-    a = torch.randn(n, n, device=device)
-    b = torch.randn(n, n, device=device)
-    t = median_time(lambda: a @ b, 2, rounds, device)
-    return 2 * n ** 3 / t
+def gemm_flops(device, rounds=5):
+    """The machine's fp32 GEMM FLOP/s: the best of square matmuls (BLAS; n = 1024,
+    2048, 4096) and, on CPU, the same 2048^3 GEMM as a 1x1 convolution (oneDNN,
+    which the convolutions use; on some CPUs, e.g. MKL on AMD, it is the faster
+    GEMM). Returns ``(best, {name: FLOP/s})``."""
+    found = {}
+    for n in (1024, 2048, 4096):
+        a = torch.randn(n, n, device=device)
+        b = torch.randn(n, n, device=device)
+        found[f'matmul {n}^3'] = 2 * n ** 3 / median_time(lambda: a @ b, 2, rounds, device)
+    if device.type == 'cpu' and torch.backends.mkldnn.is_available():
+        n = 2048
+        x = torch.randn(1, n, 64, 32).contiguous(memory_format=torch.channels_last)
+        w = torch.randn(n, n, 1, 1)
+        with torch.no_grad():
+            t = median_time(lambda: torch.nn.functional.conv2d(x, w), 2, rounds, device)
+        found[f'1x1 conv {n}^3 (oneDNN)'] = 2 * n ** 3 / t
+    return max(found.values()), found
 
 
 # --------------------------------------------------------------------------- models
@@ -204,6 +218,8 @@ def _seg_inputs(model, batch, h, w):
 
 def child(spec):
     """One dense measurement in this (fresh) process; prints a JSON line."""
+    if spec['tune_alloc']:
+        tune_cpu_allocator()
     torch.set_num_threads(spec['threads'])
     device = torch.device(spec['device'])
     cfg_path, h, w = DENSE[spec['task']]
@@ -285,7 +301,8 @@ def run_child(spec, rows, label):
 
 def bench_dense(args, device, rows):
     base = dict(variant=args.dense_variant, device=device.type, threads=args.threads,
-                warmup=1, rounds=args.dense_rounds, amp=False, fused=True, deploy=False)
+                warmup=1, rounds=args.dense_rounds, amp=False, fused=True, deploy=False,
+                tune_alloc=not args.default_allocator)
     if args.dense:
         for task in args.dense_tasks:
             for deploy in (False, True):
@@ -303,7 +320,7 @@ def bench_dense(args, device, rows):
 
 # --------------------------------------------------------------------------- main
 def print_table(rows, peak):
-    print(f'\nfp32 GEMM: {peak / 1e9:.1f} GFLOP/s (2048^3 matmul, median)')
+    print(f'\nfp32 GEMM: {peak / 1e9:.1f} GFLOP/s (best of the GEMMs above, medians)')
     cls = [r for r in rows if 'images_per_s' in r]
     if cls:
         print(f"\n{'model':22s} {'form':20s} {'batch':>5s} {'res':>8s} {'thr':>3s} {'ms':>9s} "
@@ -346,19 +363,25 @@ def main(argv=None):
     p.add_argument('--dense-variant', default='s', choices=list(S2AFormer.arch_zoo))
     p.add_argument('--dense-tasks', nargs='+', default=list(DENSE), choices=list(DENSE))
     p.add_argument('--dense-rounds', type=int, default=3)
+    p.add_argument('--default-allocator', action='store_true',
+                   help="keep glibc's malloc defaults (see s2aformer_mm/runtime.py)")
     p.add_argument('--json', help='also write the rows to this file')
     p.add_argument('--child', help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
         return child(json.loads(args.child))
 
+    alloc = ("CPU allocator: glibc defaults (--default-allocator)" if args.default_allocator
+             else tune_cpu_allocator())
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    print(alloc)
     print(f'torch {torch.__version__}, device {device}'
           + (f' ({torch.cuda.get_device_name()})' if device.type == 'cuda' else '')
           + f', {args.threads} threads (torch.set_num_threads), {os.cpu_count()} CPUs visible')
-    peak = gemm_flops(device)
-    print(f'fp32 GEMM: {peak / 1e9:.1f} GFLOP/s')
+    peak, gemms = gemm_flops(device)
+    print('fp32 GEMM: ' + ', '.join(f'{k} {v / 1e9:.1f}' for k, v in gemms.items())
+          + f' GFLOP/s -> {peak / 1e9:.1f}')
     rows = []
     if not args.no_cls:
         bench_classifiers(args, device, peak, rows)
@@ -366,7 +389,8 @@ def main(argv=None):
     print_table(rows, peak)
     if args.json:
         with open(args.json, 'w') as f:
-            json.dump(dict(gemm_gflops=peak / 1e9, torch=torch.__version__, device=str(device),
+            json.dump(dict(gemm_gflops=peak / 1e9, gemms={k: v / 1e9 for k, v in gemms.items()},
+                           allocator=alloc, torch=torch.__version__, device=str(device),
                            threads=args.threads, rows=rows), f, indent=1)
         print(f'\nwrote {args.json}')
     return 0
