@@ -156,6 +156,21 @@ def test_strip_attention_inference_path(monkeypatch, block):
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
 
 
+def test_strip_attention_bf16_autocast_computes_in_fp32():
+    q = torch.randn(1, 2, 300, 1, requires_grad=True)
+    k = torch.randn(1, 2, 20, 1, requires_grad=True)
+    v = torch.randn(1, 2, 20, 8, requires_grad=True)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        qb, kb, vb = (t * 1.0 for t in (q, k, v))
+        out = strip_attention(qb.bfloat16(), kb.bfloat16(), vb.bfloat16(), 0.7)
+    assert out.dtype == torch.bfloat16
+    out.float().square().sum().backward()
+    qf, kf, vf = (t.detach().bfloat16().float() for t in (q, k, v))
+    ref = torch.softmax(0.7 * qf @ kf.transpose(-2, -1), -1) @ vf
+    torch.testing.assert_close(out.float(), ref, atol=1e-2, rtol=1e-2)  # bf16 output rounding
+    assert all(t.grad is not None and torch.isfinite(t.grad).all() for t in (q, k, v))
+
+
 def test_pointwise_linear_is_a_linear_per_pixel():
     lin = PointwiseLinear(12, 5)
     x = torch.randn(2, 12, 7, 9).contiguous(memory_format=torch.channels_last)

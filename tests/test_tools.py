@@ -104,9 +104,11 @@ def test_generated_formats(data):
 def cls_run(data, tmp_path_factory):
     work = tmp_path_factory.mktemp('cls')
     opts = loader_opts(data / 'imagenet', batch=4, extra=['train_cfg.max_epochs=1'])
-    _, out = tool('train', CLS_CFG, '--work-dir', work, '--cfg-options', *opts)
+    # --amp on CPU: bf16 autocast (the checkpoint stays fp32 for the seg test).
+    _, out = tool('train', CLS_CFG, '--work-dir', work, '--amp', '--cfg-options', *opts)
     ckpt = work / 'epoch_1.pth'
     assert ckpt.is_file(), out[-3000:]
+    assert 'BF16AutocastOptimWrapper' in out
     return work, ckpt, opts
 
 
@@ -171,7 +173,8 @@ def test_dist_train_two_cpu_processes(data, tmp_path):
     opts = seg_opts(data, 2, ['model.backbone.init_cfg=None'])
     ENV['PORT'] = str(random.randint(29600, 29999))
     _, out = run(['bash', 'tools/dist_train.sh', SEG_CFG, '2', '--work-dir', tmp_path,
-                  '--cfg-options', *opts])
+                  '--amp', '--cfg-options', *opts])
+    assert 'BF16AutocastOptimWrapper' in out  # --amp: bf16 autocast, fp32 gradients over gloo
     for rank in (0, 1):
         assert f'[s2aformer] rank {rank}/2: process group ready (backend gloo, cpu)' in out
         assert f'[s2aformer] rank {rank}/2: training finished at iteration 2' in out

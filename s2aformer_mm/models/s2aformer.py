@@ -130,6 +130,11 @@ def strip_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     whole ``N x Ns`` probability matrix per head -- 1 GiB per block in stage 1 of a
     detector at 800x1333 -- and is 1.3-5x slower than this at 224^2.
     """
+    if q.dtype not in (torch.float32, torch.float64):
+        # bf16 / fp16 (autocast): the block softmax in fp32 -- still O(N) memory; SDPA's
+        # math path would keep the N x Ns matrix (RetinaNet-S step: +1.3 GiB in bf16).
+        with torch.autocast(q.device.type, enabled=False):
+            return strip_attention(q.float(), k.float(), v.float(), scale).to(q.dtype)
     # Dense per-head layouts: q/k/v arrive as strided views of channels-last conv
     # outputs, and the block loop slices them many times (2.5x slower strided).
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
@@ -139,10 +144,10 @@ def strip_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
 
 
 def _use_strip_kernel(q: torch.Tensor) -> bool:
-    """The eager fp32/fp64 path. Traced, scripted, compiled or exported graphs and
-    reduced precision use SDPA (one op the exporters/compilers/FLOP counters know;
-    the Python block loop would specialise on the input size)."""
-    return (q.dtype in (torch.float32, torch.float64) and not torch.jit.is_tracing()
+    """The eager path (any float dtype). Traced, scripted, compiled or exported graphs
+    use SDPA (one op the exporters/compilers/FLOP counters know; the Python block
+    loop would specialise on the input size)."""
+    return (q.is_floating_point() and not torch.jit.is_tracing()
             and not torch.jit.is_scripting() and not torch.compiler.is_compiling()
             and not torch.onnx.is_in_onnx_export())
 
@@ -231,10 +236,11 @@ class StripSelfAttention(BaseModule):
         sr_ratio (int): Spatial reduction ratio (kernel = stride = sr).
         qk_scale (float, optional): Logit scale. The paper leaves "Scale" open;
             the default ``(C / h) ** -0.5`` follows PVT, from which SSA derives.
-        fused (bool): Use a fused attention: in eager fp32 the block-wise
+        fused (bool): Use a fused attention: in eager mode the block-wise
             :func:`strip_attention` (never holds the ``N x Ns`` matrix, O(N)
-            memory for backward), else ``F.scaled_dot_product_attention``
-            (traced/compiled/exported graphs, bf16, attention dropout).
+            memory for backward; computed in fp32 under bf16/fp16 autocast), else
+            ``F.scaled_dot_product_attention`` (traced/compiled/exported graphs,
+            attention dropout).
             ``False`` runs the literal formula; all are equal up to rounding.
     """
 

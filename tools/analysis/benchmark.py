@@ -25,8 +25,9 @@ batch 1 at 800x1333), plus rows under bf16 autocast (``--amp``) and with
 gradient checkpointing (``--with-cp``). ``--attn-memory`` measures the RetinaNet
 training step with the literal attention formula (``fused_attn=False``) and with
 the strip-attention kernel. Every dense/training measurement runs in a fresh
-child process, so "peak RSS" is that run's own (CPU); on GPU it is
-``torch.cuda.max_memory_allocated``.
+child process; on CPU "peak" is the process's peak RSS during the timed steps
+(Linux: ``VmHWM``, reset after the model is built) and "built" its RSS before
+them; on GPU ``torch.cuda.max_memory_allocated``.
 
 The process first applies :func:`s2aformer_mm.runtime.tune_cpu_allocator`, as the
 train/test tools do on CPU (``--default-allocator`` to measure glibc's defaults).
@@ -339,13 +340,37 @@ def child(spec):
         def fn():
             with torch.inference_mode(), amp:
                 return model(data['inputs'], data['data_samples'], mode='tensor')
-    base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    base_rss = _rss_mib('VmRSS')
     if device.type == 'cuda':
         torch.cuda.reset_peak_memory_stats()
+    elif not _reset_peak_rss():  # else the build's own peak could hide the run's
+        base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     t = median_time(fn, spec['warmup'], spec['rounds'], device)
     peak = (torch.cuda.max_memory_allocated() / 2 ** 20 if device.type == 'cuda'
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+            else _rss_mib('VmHWM') or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     print('RESULT ' + json.dumps(dict(median_ms=t * 1e3, peak_mib=peak, base_mib=base_rss)))
+
+
+def _rss_mib(field):
+    """``VmRSS`` / ``VmHWM`` (peak) of this process from /proc, in MiB (Linux), else None."""
+    try:
+        with open('/proc/self/status') as f:
+            for line in f:
+                if line.startswith(field + ':'):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def _reset_peak_rss():
+    """Reset this process's peak RSS (``VmHWM``) so it covers the measured run only."""
+    try:
+        with open('/proc/self/clear_refs', 'w') as f:
+            f.write('5')
+        return True
+    except OSError:
+        return False
 
 
 def _no_syncbn(model_cfg):
