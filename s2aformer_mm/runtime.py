@@ -4,17 +4,17 @@ Why: PyTorch's CPU tensors come from glibc ``malloc``. glibc serves blocks above
 its mmap threshold (dynamic, at most 32 MiB) with fresh ``mmap`` pages and
 returns them to the OS on ``free``, so every large activation of a vision
 network is page-faulted in again on first touch. On the 2-core VMs this repo is
-developed on, that made a ReLU over a 38 MB map cost 9.3 ms instead of 0.6 ms,
-and S2AFormer-T inference (batch 16, 224^2) 278 ms instead of 149 ms
-(``tools/analysis/benchmark.py --default-allocator`` shows the difference on
-any machine). Keeping freed blocks in the heap for reuse removes the faults.
+developed on, that made a ReLU over a 38 MB map cost 9.3 ms instead of 0.6 ms
+(``tools/analysis/benchmark.py --default-allocator`` shows the effect on a whole
+model on any machine). Keeping freed blocks in the heap for reuse removes the faults.
 
 The cost is that freed memory stays with the process for reuse, so peak RSS can
 exceed the peak of live tensors through fragmentation. The thresholds below are
-a measured compromise: with blocks up to 1 GiB kept and no trimming, the 2-process
-Semantic FPN-S recipe (batch 8 of 512^2 per process, ``with_cp``) peaked at
-18.1 GB PSS instead of 14.6 GB; with 64 MiB / 256 MiB it peaks at 15.3 GB and
-still runs the demo's training 18 % faster and S2AFormer-T inference 2x faster.
+a measured compromise: keeping blocks up to 1 GiB and never trimming made the
+2-process Semantic FPN-S recipe (batch 8 of 512^2 per process, ``with_cp``) peak
+at 18.1 GB PSS instead of 14.6 GB (and the demo's training 18 % faster); with
+64 MiB / 256 MiB it peaks at 15.3 GB, the demo trains 5 % faster and S2AFormer-T
+inference (batch 16, 224^2) still runs ~2x faster than with glibc's defaults.
 ``S2A_DEFAULT_ALLOCATOR=1`` in the environment keeps glibc's defaults.
 """
 import ctypes

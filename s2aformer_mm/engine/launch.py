@@ -156,8 +156,8 @@ def apply_cpu_memory_defaults(cfg: Config) -> None:
 
 def apply_cpu_runtime() -> None:
     """Without CUDA, let glibc keep freed activation blocks for reuse
-    (:mod:`s2aformer_mm.runtime`: 13 % faster RetinaNet-S training steps, 1.9x
-    faster inference on the development VM; opt out with S2A_DEFAULT_ALLOCATOR=1)."""
+    (:mod:`s2aformer_mm.runtime`, where the measured gains and memory cost are;
+    opt out with S2A_DEFAULT_ALLOCATOR=1)."""
     if not torch.cuda.is_available():
         print_log(tune_cpu_allocator(), logger='current')
 
