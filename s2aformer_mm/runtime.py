@@ -9,12 +9,11 @@ developed on, that made a ReLU over a 38 MB map cost 9.3 ms instead of 0.6 ms
 model on any machine). Keeping freed blocks in the heap for reuse removes the faults.
 
 The cost is that freed memory stays with the process for reuse, so peak RSS can
-exceed the peak of live tensors through fragmentation. The thresholds below are
-a measured compromise: keeping blocks up to 1 GiB and never trimming made the
-2-process Semantic FPN-S recipe (batch 8 of 512^2 per process, ``with_cp``) peak
-at 18.1 GB PSS instead of 14.6 GB (and the demo's training 18 % faster); with
-64 MiB / 256 MiB it peaks at 15.3 GB, the demo trains 5 % faster and S2AFormer-T
-inference (batch 16, 224^2) still runs ~2x faster than with glibc's defaults.
+exceed the peak of live tensors through fragmentation. Keeping blocks up to 1 GiB
+and never trimming made the 2-process Semantic FPN-S recipe (batch 8 of 512^2 per
+process, ``with_cp``) peak at 18.1 GB PSS instead of 14.6 GB, so training keeps
+blocks < 64 MiB and trims above 256 MiB (15.3 GB). Inference keeps blocks up to
+1 GiB: with 64 MiB, S2AFormer-M at batch 16 (77 MB maps) ran 30 % slower.
 ``S2A_DEFAULT_ALLOCATOR=1`` in the environment keeps glibc's defaults.
 """
 import ctypes
@@ -25,11 +24,11 @@ import platform
 #: mallopt parameters (glibc's malloc.h)
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
-#: Blocks up to this size come from the (reused) heap instead of fresh mmaps; larger
-#: ones keep glibc's map/unmap, which bounds what fragmentation can hold on to.
-MMAP_THRESHOLD = 64 << 20
-#: Free memory at the top of the heap is returned to the OS only above this.
-TRIM_THRESHOLD = 256 << 20
+#: (blocks up to this size come from the reused heap instead of fresh mmaps, free
+#: memory at the top of the heap is returned to the OS only above this), per use.
+#: Training keeps larger blocks on glibc's map/unmap, which bounds what fragmentation
+#: can hold on to; inference keeps no activations for backward, so reuse them all.
+THRESHOLDS = {'train': (64 << 20, 256 << 20), 'inference': (1 << 30, 1 << 30)}
 ENV_OPT_OUT = 'S2A_DEFAULT_ALLOCATOR'
 
 _state = {'tuned': None}
@@ -48,23 +47,26 @@ def _libc():
         return None
 
 
-def tune_cpu_allocator() -> str:
-    """Make glibc keep large freed blocks for reuse (see the module docstring).
+def tune_cpu_allocator(use: str = 'inference') -> str:
+    """Make glibc keep large freed blocks for reuse (see the module docstring);
+    ``use`` is ``'train'`` or ``'inference'`` (:data:`THRESHOLDS`).
 
-    Idempotent. Returns a one-line description of what was done, for logs:
-    nothing is changed on non-glibc systems or when ``S2A_DEFAULT_ALLOCATOR=1``.
+    Applied once per process. Returns a one-line description of what was done, for
+    logs: nothing is changed on non-glibc systems or when ``S2A_DEFAULT_ALLOCATOR=1``.
     """
     if _state['tuned'] is not None:
         return _state['tuned']
+    mmap_threshold, trim_threshold = THRESHOLDS[use]
     if os.environ.get(ENV_OPT_OUT, '') not in ('', '0'):
         msg = f'CPU allocator: glibc defaults ({ENV_OPT_OUT} is set)'
     else:
         libc = _libc()
         if libc is None:
             msg = 'CPU allocator: unchanged (not glibc)'
-        elif (libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1
-              and libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1):
-            msg = (f'CPU allocator: glibc keeps freed blocks < {MMAP_THRESHOLD >> 20} MiB for reuse '
+        elif (libc.mallopt(_M_MMAP_THRESHOLD, mmap_threshold) == 1
+              and libc.mallopt(_M_TRIM_THRESHOLD, trim_threshold) == 1):
+            msg = (f'CPU allocator ({use}): glibc keeps freed blocks < {mmap_threshold >> 20} MiB '
+                   f'for reuse '
                    f'(no page faults per activation; set {ENV_OPT_OUT}=1 for glibc defaults)')
         else:
             msg = 'CPU allocator: unchanged (mallopt refused the settings)'

@@ -154,12 +154,12 @@ def apply_cpu_memory_defaults(cfg: Config) -> None:
               '--cfg-options model.backbone.with_cp=False.', logger='current')
 
 
-def apply_cpu_runtime() -> None:
+def apply_cpu_runtime(use: str) -> None:
     """Without CUDA, let glibc keep freed activation blocks for reuse
     (:mod:`s2aformer_mm.runtime`, where the measured gains and memory cost are;
     opt out with S2A_DEFAULT_ALLOCATOR=1)."""
     if not torch.cuda.is_available():
-        print_log(tune_cpu_allocator(), logger='current')
+        print_log(tune_cpu_allocator(use), logger='current')
 
 
 def apply_amp(cfg: Config, enable: bool) -> None:
@@ -272,7 +272,7 @@ def _build_runner(cfg: Config) -> Runner:
 
 
 def run_train(args: argparse.Namespace) -> Runner:
-    apply_cpu_runtime()
+    apply_cpu_runtime('train')
     cfg, scope = load_config(args)
     check_data_dirs(cfg, ['train_dataloader'] + (['val_dataloader'] if cfg.get('val_cfg') else []))
     check_pretrained(cfg)
@@ -309,7 +309,7 @@ def run_train(args: argparse.Namespace) -> Runner:
 
 
 def run_test(args: argparse.Namespace) -> dict:
-    apply_cpu_runtime()
+    apply_cpu_runtime('inference')
     cfg, scope = load_config(args)
     check_data_dirs(cfg, ['test_dataloader'])
     if not osp.isfile(args.checkpoint) and '://' not in args.checkpoint:

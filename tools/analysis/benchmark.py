@@ -29,8 +29,9 @@ child process; on CPU "peak" is the process's peak RSS during the timed steps
 (Linux: ``VmHWM``, reset after the model is built) and "built" its RSS before
 them; on GPU ``torch.cuda.max_memory_allocated``.
 
-The process first applies :func:`s2aformer_mm.runtime.tune_cpu_allocator`, as the
-train/test tools do on CPU (``--default-allocator`` to measure glibc's defaults).
+Each process first applies :func:`s2aformer_mm.runtime.tune_cpu_allocator` for its
+use (inference or training), as the train/test tools do on CPU
+(``--default-allocator`` to measure glibc's defaults).
 
 Examples (CPU numbers are only comparable at the same thread count on a quiet
 machine)::
@@ -298,7 +299,7 @@ def _seg_inputs(model, batch, h, w):
 def child(spec):
     """One dense measurement in this (fresh) process; prints a JSON line."""
     if spec['tune_alloc']:
-        tune_cpu_allocator()
+        tune_cpu_allocator('train' if spec['train'] else 'inference')
     torch.set_num_threads(spec['threads'])
     device = torch.device(spec['device'])
     cfg_path, h, w = DENSE[spec['task']]
