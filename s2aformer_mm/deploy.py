@@ -127,8 +127,12 @@ _HAS_ONEDNN_CONV_POST_OPS = (torch.backends.mkldnn.is_available()
                              and hasattr(torch.ops.mkldnn, '_convolution_pointwise'))
 
 
-def _onednn_post_op(act: nn.Module):
-    """``(attr, algorithm)`` of ``act`` as a oneDNN convolution post-op, or None."""
+def _onednn_post_op(conv: nn.Module, act: nn.Module):
+    """``(attr, algorithm)`` of ``act`` as a oneDNN post-op of the zero-padded
+    ``Conv2d`` ``conv``, or None where they cannot be fused."""
+    if not isinstance(conv, nn.Conv2d) or isinstance(conv.padding, str) \
+            or conv.padding_mode != 'zeros':
+        return None
     if isinstance(act, nn.GELU):
         return 'gelu', act.approximate
     if isinstance(act, nn.ReLU):
@@ -136,14 +140,18 @@ def _onednn_post_op(act: nn.Module):
     return None
 
 
-def _onednn_eager(x: torch.Tensor) -> bool:
-    """Eager fp32 on a CPU with oneDNN; traced / compiled / exported graphs take the
-    plain ops (which their tools know). ``is_compiling`` goes first: dynamo must
-    not trace the other checks."""
-    return (not torch.compiler.is_compiling() and x.device.type == 'cpu'
-            and x.dtype == torch.float32 and _HAS_ONEDNN_CONV_POST_OPS
-            and torch.backends.mkldnn.enabled and not torch.jit.is_tracing()
+def in_eager_mode() -> bool:
+    """Not inside a traced / scripted / compiled / ONNX-exported graph, whose tools
+    know only standard ops. ``is_compiling`` goes first: dynamo must not trace the
+    other checks."""
+    return (not torch.compiler.is_compiling() and not torch.jit.is_tracing()
             and not torch.jit.is_scripting() and not torch.onnx.is_in_onnx_export())
+
+
+def _onednn_eager(x: torch.Tensor) -> bool:
+    """Eager fp32 on a CPU with oneDNN."""
+    return (in_eager_mode() and x.device.type == 'cpu' and x.dtype == torch.float32
+            and _HAS_ONEDNN_CONV_POST_OPS and torch.backends.mkldnn.enabled)
 
 
 class FusedConvAct(nn.Module):
@@ -160,9 +168,8 @@ class FusedConvAct(nn.Module):
 
     def __init__(self, conv: nn.Conv2d, act: nn.Module):
         super().__init__()
-        post_op = _onednn_post_op(act)
-        if post_op is None or not isinstance(conv, nn.Conv2d) or isinstance(conv.padding, str) \
-                or conv.padding_mode != 'zeros':
+        post_op = _onednn_post_op(conv, act)
+        if post_op is None:
             raise ValueError(f'FusedConvAct fuses a zero-padded Conv2d with GELU or ReLU, '
                              f'got {conv} and {act}')
         self.conv, self.act = conv, act
@@ -182,8 +189,7 @@ class FusedConvAct(nn.Module):
 def fuse_conv_act(conv: nn.Module, act: nn.Module) -> Tuple[nn.Module, nn.Module]:
     """``(FusedConvAct(conv, act), Identity)`` where oneDNN can fuse ``act``,
     else ``(conv, act)`` unchanged; assign the pair back in place of the two."""
-    if isinstance(conv, nn.Conv2d) and _onednn_post_op(act) is not None \
-            and not isinstance(conv.padding, str) and conv.padding_mode == 'zeros':
+    if _onednn_post_op(conv, act) is not None:
         return FusedConvAct(conv, act), nn.Identity()
     return conv, act
 

@@ -22,7 +22,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 from pathlib import Path
 
@@ -33,6 +32,7 @@ import torch
 
 from s2aformer_mm.checkpoint import safe_load
 from s2aformer_mm.datasets import generate_ade20k, generate_imagenet
+from s2aformer_mm.testing import ProcessJob
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, OMP_NUM_THREADS='1', MKL_NUM_THREADS='1', PYTHONUNBUFFERED='1')
@@ -60,56 +60,8 @@ def tool(name, *args, **kwargs):
     return run([sys.executable, f'tools/{name}.py', *args], **kwargs)
 
 
-class Job:
-    """A subprocess whose merged stdout/stderr is collected by a thread, so the test
-    can watch it (and the file system) and SIGKILL it at a chosen moment."""
-
-    def __init__(self, cmd, env=None):
-        self.cmd = [str(c) for c in cmd]
-        self.proc = subprocess.Popen(self.cmd, cwd=REPO, env=env or ENV, text=True,
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        self.lines = []
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
-
-    def _read(self):
-        for line in self.proc.stdout:
-            self.lines.append(line)
-
-    @property
-    def out(self):
-        return ''.join(self.lines)
-
-    def wait_until(self, condition, timeout=180, poll=0.001):
-        """Poll ``condition()`` until it is true; fail if the job ends first."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if condition():
-                return
-            if self.proc.poll() is not None:
-                self.reader.join(5)
-                if condition():
-                    return
-                raise AssertionError(f'job ended (rc {self.proc.returncode}) before the '
-                                     f'awaited moment:\n{self.out[-4000:]}')
-            time.sleep(poll)
-        self.kill()
-        raise AssertionError(f'timed out after {timeout}s:\n{self.out[-4000:]}')
-
-    def kill(self):
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGKILL)
-        return self.finish(30)
-
-    def finish(self, timeout=240):
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.kill(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
-            raise AssertionError(f'job did not end within {timeout}s:\n{self.out[-4000:]}')
-        self.reader.join(10)
-        return self.proc.returncode
+def Job(cmd, env=None):
+    return ProcessJob(cmd, cwd=REPO, env=env or ENV)
 
 
 def loader_opts(root, batch=2):

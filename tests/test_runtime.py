@@ -1,4 +1,5 @@
 """CPU allocator settings (s2aformer_mm/runtime.py)."""
+import os
 import subprocess
 import sys
 
@@ -9,7 +10,6 @@ CODE = ('from s2aformer_mm.runtime import tune_cpu_allocator as t; '
 
 
 def _run(env_value=None):
-    import os
     env = dict(os.environ)
     env.pop('S2A_DEFAULT_ALLOCATOR', None)
     if env_value is not None:

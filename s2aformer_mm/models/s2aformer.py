@@ -160,9 +160,7 @@ def _use_strip_kernel(q: torch.Tensor) -> bool:
     """The eager path (any float dtype). Traced, scripted, compiled or exported graphs
     use SDPA (one op the exporters/compilers/FLOP counters know; the Python block
     loop would specialise on the input size)."""
-    return (q.is_floating_point() and not torch.jit.is_tracing()
-            and not torch.jit.is_scripting() and not torch.compiler.is_compiling()
-            and not torch.onnx.is_in_onnx_export())
+    return q.is_floating_point() and _dp.in_eager_mode()
 
 
 class PointwiseLinear(nn.Linear):
@@ -196,10 +194,6 @@ def _plain_layer_norm(norm: nn.LayerNorm) -> nn.LayerNorm:
 class ConvAct(Sequential):
     """``Conv -> act -> BN``: the stem / FFN unit (activation *before* BN)."""
 
-    def fuse_act(self) -> None:
-        """Deploy form: conv and activation as one :class:`~s2aformer_mm.deploy.FusedConvAct`."""
-        self[0], self[1] = _dp.fuse_conv_act(self[0], self[1])
-
     def __init__(self, in_channels, out_channels, kernel_size, stride=1,
                  groups=1, act_cfg=dict(type='GELU'), norm_cfg=dict(type='BN')):
         super().__init__(
@@ -207,6 +201,10 @@ class ConvAct(Sequential):
                       kernel_size // 2, groups=groups),
             build_activation_layer(act_cfg),
             build_norm_layer(norm_cfg, out_channels)[1])
+
+    def fuse_act(self) -> None:
+        """Deploy form: conv and activation as one :class:`~s2aformer_mm.deploy.FusedConvAct`."""
+        self[0], self[1] = _dp.fuse_conv_act(self[0], self[1])
 
 
 class Stem(Sequential):

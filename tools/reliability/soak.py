@@ -26,14 +26,10 @@ Exit status 0 when every check passes, 1 otherwise.
 import argparse
 import json
 import os
-import os.path as osp
 import random
 import re
 import shutil
-import signal
-import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -41,6 +37,7 @@ import torch
 
 from s2aformer_mm.checkpoint import safe_load
 from s2aformer_mm.datasets import generate_ade20k
+from s2aformer_mm.testing import ProcessJob
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO = 'configs/demo/fpn_s2aformer_mini_ade20k_demo.py'
@@ -61,35 +58,6 @@ def parse_args():
     p.add_argument('--max-iters', type=int, help='skip calibration and use this')
     p.add_argument('--seed', type=int, default=0, help='seed of the kill schedule')
     return p.parse_args()
-
-
-class Job:
-    """tools/train.py as a subprocess with its output collected by a thread."""
-
-    def __init__(self, cmd, log):
-        self.log = open(log, 'a')
-        self.proc = subprocess.Popen(cmd, cwd=REPO, env=ENV, text=True,
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        self.lines = []
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
-
-    def _read(self):
-        for line in self.proc.stdout:
-            self.lines.append(line)
-            self.log.write(line)
-        self.log.flush()
-
-    @property
-    def out(self):
-        return ''.join(self.lines)
-
-    def kill(self):
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGKILL)
-        self.proc.wait()
-        self.reader.join(10)
-        return self.proc.returncode
 
 
 def opts(data_root, max_iters, ckpt, keep):
@@ -144,7 +112,7 @@ def main():
     max_iters = a.max_iters
     if not max_iters:  # calibration: 25 s of training
         work = root / 'calibrate'
-        job = Job(train_cmd(a.config, work, opts(data, 100000, 100000, 1), False), log)
+        job = ProcessJob(train_cmd(a.config, work, opts(data, 100000, 100000, 1), False), REPO, ENV, log)
         t0 = None
         while job.proc.poll() is None:
             m = re.findall(r'Iter\(train\) \[\s*(\d+)/', job.out)
@@ -170,7 +138,7 @@ def main():
     t_int = time.time()
     while True:
         resume = (work / 'last_checkpoint').is_file()
-        job = Job(train_cmd(a.config, work, o, resume), log)
+        job = ProcessJob(train_cmd(a.config, work, o, resume), REPO, ENV, log)
         starts += 1
         during_save = kills % 3 == 2
         stale = tmp_files(work)  # left by earlier kills while saving: not a save in progress
@@ -198,7 +166,7 @@ def main():
 
     t_ref = time.time()
     ref = root / 'reference'
-    job = Job(train_cmd(a.config, ref, o, False), log)
+    job = ProcessJob(train_cmd(a.config, ref, o, False), REPO, ENV, log)
     job.proc.wait()
     job.reader.join(10)
     t_ref = time.time() - t_ref
