@@ -122,6 +122,19 @@ def test_every_parameter_gets_gradient_dense():
     assert not no_grad, no_grad
 
 
+@pytest.mark.parametrize('with_cp', [False, True])
+def test_gradient_strides_match_parameters(with_cp):
+    # DDP's gradient layout contract: a gradient with other strides than its parameter
+    # is copied into the bucket every step, with a warning (depth-wise weights under
+    # channels-last convs did this). Also after a checkpoint round trip.
+    model = S2AFormer('mini', out_indices=(0, 1, 2, 3), with_cp=with_cp)
+    model.load_state_dict(S2AFormer('mini', out_indices=(0, 1, 2, 3)).state_dict())
+    sum(o.mean() for o in model.train()(torch.randn(2, 3, 64, 64))).backward()
+    bad = [(n, p.stride(), p.grad.stride()) for n, p in model.named_parameters()
+           if p.grad.stride() != p.stride()]
+    assert not bad, bad
+
+
 def test_fused_attention_equals_formula():
     attn = StripSelfAttention(64, 2, sr_ratio=4)
     x = torch.randn(2, 64, 20, 28, requires_grad=True)

@@ -295,16 +295,17 @@ def run_train(args: argparse.Namespace) -> Runner:
     elif args.resume:
         cfg.resume, cfg.load_from = True, args.resume
     setup_distributed(cfg)
+    runner = None
     try:
         runner = _build_runner(cfg)
         runner.train()
     except BaseException:
-        destroy_distributed(barrier=False)
+        destroy_distributed(runner, barrier=False)
         raise
     rank, world = get_dist_info()
     print(f'[s2aformer] rank {rank}/{world}: training finished at iteration {runner.iter} '
           f'(epoch {runner.epoch}); work dir {cfg.work_dir}', flush=True)
-    destroy_distributed()
+    destroy_distributed(runner)
     return runner
 
 
@@ -327,6 +328,7 @@ def run_test(args: argparse.Namespace) -> dict:
         cfg.test_evaluator = (list(evaluators) if isinstance(evaluators, (list, tuple))
                               else [evaluators]) + [dump]
     setup_distributed(cfg)
+    runner = None
     try:
         runner = _build_runner(cfg)
         # mmengine's load_from is non-strict: a checkpoint of another variant would be
@@ -336,10 +338,10 @@ def run_test(args: argparse.Namespace) -> dict:
         check_model_checkpoint(model, args.checkpoint)
         metrics = runner.test()
     except BaseException:
-        destroy_distributed(barrier=False)
+        destroy_distributed(runner, barrier=False)
         raise
     rank = get_dist_info()[0]
-    destroy_distributed()
+    destroy_distributed(runner)
     metrics = {k: (float(v) if isinstance(v, (int, float)) or hasattr(v, 'item') else v)
                for k, v in metrics.items()}
     if rank == 0:

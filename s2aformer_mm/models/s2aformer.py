@@ -589,6 +589,15 @@ class S2AFormer(BaseModule):
         if out_norm:
             for i in self.out_indices:
                 self.add_module(f'out_norm{i}', build_norm_layer(token_norm_cfg, channels[i])[1])
+        # The convs run channels-last and return the gradients of depth-wise and 1x1 weights
+        # in channels-last strides (the same memory: the layouts differ only on size-1
+        # axes). DDP checks strides against the parameter's, warns "Grad strides do not
+        # match bucket view strides" and copies every step. Channels-last weights get
+        # channels-last gradients from every conv here (in-place init, load_state_dict and
+        # .to() keep the strides).
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                m.weight.data = m.weight.data.to(memory_format=torch.channels_last)
         self._freeze_stages()
 
     # ------------------------------------------------------------------ config
