@@ -259,6 +259,10 @@ def export_onnx(model: nn.Module, path: str, example: torch.Tensor, dynamic: boo
     model.eval()
     dynamic_shapes = None
     if dynamic:
+        if example.shape[0] == 1:
+            # torch.export specialises size-1 dimensions: traced at batch 1, the graph
+            # is only valid for batch 1 and export fails against the dynamic range.
+            example = example.expand(2, *example.shape[1:])
         dims = {0: torch.export.Dim('batch', min=1, max=4096),
                 2: torch.export.Dim('height', min=32, max=16384),
                 3: torch.export.Dim('width', min=32, max=16384)}

@@ -2,6 +2,10 @@
 torch.compile. CPU only."""
 import copy
 import importlib.util
+import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,6 +19,8 @@ from s2aformer_mm.deploy import (ClassifierLogits, FusedConvAct, count_batchnorm
 from s2aformer_mm.models import s2aformer as s2a_module
 from s2aformer_mm.models.s2aformer import PointwiseLinear, StripSelfAttention, strip_attention
 
+REPO = Path(__file__).resolve().parents[1]
+CLS_CFG = 'configs/mmpretrain/s2aformer_mini_4xb256_in1k.py'
 TINY = dict(depths=[1, 1, 1, 1], channels=[16, 32, 64, 128], num_heads=[1, 2, 4, 8])
 
 
@@ -231,13 +237,14 @@ needs_onnx = pytest.mark.skipif(
 
 
 @needs_onnx
-@pytest.mark.parametrize('what', ['backbone', 'classifier'])
-def test_onnx_dynamic_axes_match(tmp_path, what):
+@pytest.mark.parametrize('what, batch', [('backbone', 2), ('classifier', 1)])
+def test_onnx_dynamic_axes_match(tmp_path, what, batch):
+    # batch 1: torch.export specialises size-1 dimensions (export_onnx traces at 2).
     if what == 'backbone':
         net = switch_to_deploy(_randomise(S2AFormer(TINY, out_indices=(0, 1, 2, 3))))
     else:
         net = ClassifierLogits(switch_to_deploy(_classifier(TINY)))
-    path = export_onnx(net, str(tmp_path / f'{what}.onnx'), torch.randn(2, 3, 64, 96))
+    path = export_onnx(net, str(tmp_path / f'{what}.onnx'), torch.randn(batch, 3, 64, 96))
     sess = onnxruntime_session(path)
     for shape in [(2, 3, 64, 96), (3, 3, 97, 64), (1, 3, 128, 160)]:
         x = torch.randn(*shape)
@@ -249,6 +256,39 @@ def test_onnx_dynamic_axes_match(tmp_path, what):
         for o, r in zip(outs, ref):
             assert tuple(o.shape) == tuple(r.shape)
             torch.testing.assert_close(torch.from_numpy(o), r, atol=1e-4, rtol=1e-4)
+
+
+def _deploy_tool(script, *args):
+    proc = subprocess.run([sys.executable, f'tools/deployment/{script}.py', *map(str, args)],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    return proc.stdout
+
+
+@needs_onnx
+def test_export_tool_defaults(tmp_path):
+    # The tool's defaults (batch 1, dynamic axes), at 64x64 to keep it short.
+    out = _deploy_tool('export_onnx', tmp_path / 'mini.onnx', '--arch', 'mini', '--classifier',
+                       '--shape', '64', '64')
+    errors = [float(e) for e in re.findall(r'max abs error per output ([-+.e\d]+)', out)]
+    assert len(errors) == 2 and max(errors) < 1e-4, out
+    assert (tmp_path / 'mini.onnx').stat().st_size > 1e6
+
+
+def test_fuse_checkpoint_tool(tmp_path):
+    from s2aformer_mm.deploy import build_model_from_config, load_deploy_model
+    from s2aformer_mm.engine.launch import save_initial_checkpoint
+    ckpt = save_initial_checkpoint(str(REPO / CLS_CFG), str(tmp_path / 'init.pth'))
+    out = _deploy_tool('fuse_checkpoint', CLS_CFG, ckpt, tmp_path / 'deploy.pth', '--check')
+    error = float(re.search(r'max abs error ([-+.e\d]+)', out).group(1))
+    assert error < 1e-4, out
+    deployed = load_deploy_model(str(REPO / CLS_CFG), str(tmp_path / 'deploy.pth'))
+    reference = build_model_from_config(str(REPO / CLS_CFG))
+    reference.load_state_dict(torch.load(ckpt, weights_only=True)['state_dict'])
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(ClassifierLogits(deployed.eval())(x),
+                                   ClassifierLogits(reference.eval())(x), atol=1e-4, rtol=1e-4)
 
 
 # --------------------------------------------------------------------------- compile
