@@ -34,8 +34,6 @@ ENV_OPT_OUT = 'S2A_DEFAULT_ALLOCATOR'
 _state = {'tuned': None}
 
 
-
-
 def _libc():
     if platform.system() != 'Linux':
         return None
@@ -66,8 +64,8 @@ def tune_cpu_allocator(use: str = 'inference') -> str:
         elif (libc.mallopt(_M_MMAP_THRESHOLD, mmap_threshold) == 1
               and libc.mallopt(_M_TRIM_THRESHOLD, trim_threshold) == 1):
             msg = (f'CPU allocator ({use}): glibc keeps freed blocks < {mmap_threshold >> 20} MiB '
-                   f'for reuse '
-                   f'(no page faults per activation; set {ENV_OPT_OUT}=1 for glibc defaults)')
+                   f'for reuse (no page faults per activation; set {ENV_OPT_OUT}=1 for '
+                   f'glibc defaults)')
         else:
             msg = 'CPU allocator: unchanged (mallopt refused the settings)'
     _state['tuned'] = msg

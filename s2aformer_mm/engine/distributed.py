@@ -92,7 +92,6 @@ def destroy_distributed(runner=None, barrier: bool = True) -> None:
         if barrier:
             dist.barrier()
         dist.destroy_process_group()
-        gc.collect()
 
 
 @MODEL_WRAPPERS.register_module()

@@ -112,7 +112,8 @@ def main():
     max_iters = a.max_iters
     if not max_iters:  # calibration: 25 s of training
         work = root / 'calibrate'
-        job = ProcessJob(train_cmd(a.config, work, opts(data, 100000, 100000, 1), False), REPO, ENV, log)
+        job = ProcessJob(train_cmd(a.config, work, opts(data, 100000, 100000, 1), False),
+                         REPO, ENV, log)
         t0 = None
         while job.proc.poll() is None:
             m = re.findall(r'Iter\(train\) \[\s*(\d+)/', job.out)
@@ -167,8 +168,7 @@ def main():
     t_ref = time.time()
     ref = root / 'reference'
     job = ProcessJob(train_cmd(a.config, ref, o, False), REPO, ENV, log)
-    job.proc.wait()
-    job.reader.join(10)
+    job.finish(timeout=None)
     t_ref = time.time() - t_ref
     if job.proc.returncode != 0:
         print(f'[soak] FAIL: reference run failed:\n{job.out[-3000:]}')
