@@ -21,7 +21,8 @@ Deterministic settings: ``randomness=dict(seed=0, deterministic=True)``, no data
 workers, one OpenMP thread, no decode-head dropout (mmengine does not checkpoint
 torch's RNG state, so dropout masks after a resume would differ from an uninterrupted
 run), ``log_processor.window_size=1`` (the logged loss is the iteration's own).
-Exit status 0 when every check passes, 1 otherwise.
+Exit status 0 when every check passes, 1 otherwise, 2 for a ``--max-iters`` that
+ends before the warm-up plus two checkpoints.
 """
 import argparse
 import json
@@ -34,6 +35,7 @@ import time
 from pathlib import Path
 
 import torch
+from mmengine.config import Config
 
 from s2aformer_mm.checkpoint import safe_load
 from s2aformer_mm.datasets import generate_ade20k
@@ -98,6 +100,14 @@ def tmp_files(work):
 
 def main():
     a = parse_args()
+    # The soak moves the end of the config's second scheduler (after warm-up) to max_iters.
+    warmup_end = Config.fromfile(str(REPO / a.config)).param_scheduler[1]['begin']
+    min_iters = warmup_end + 2 * a.ckpt_interval
+    if a.max_iters and a.max_iters < min_iters:
+        print(f'[soak] ERROR: --max-iters {a.max_iters} ends before the warm-up of {a.config} '
+              f'({warmup_end} iterations) plus two checkpoints ({a.ckpt_interval} each); use '
+              f'--max-iters {min_iters} or more.')
+        return 2
     rng = random.Random(a.seed)
     t_start = time.time()
     root = Path(a.work_dir).resolve()
@@ -130,7 +140,7 @@ def main():
         job.kill()
         remaining = a.minutes * 60 - (time.time() - t_start)
         # interrupted (with restarts of ~10 s each) and reference runs share the time
-        max_iters = max(2 * a.ckpt_interval, int(rate * remaining * 0.38))
+        max_iters = max(min_iters, int(rate * remaining * 0.38))
         print(f'[soak] calibration: {rate:.2f} it/s -> max_iters {max_iters}', flush=True)
 
     o = opts(data, max_iters, a.ckpt_interval, a.max_keep_ckpts)
