@@ -63,7 +63,8 @@ say "evaluating the trained model and drawing its predictions"
 
 before=$(metric "$WORK/test_untrained/test_metrics.json")
 after=$(metric "$WORK/test_trained/test_metrics.json")
-pics=$(find "$WORK/predictions" -name '*.png' | head -1)
+# -print -quit, not | head -1: under pipefail, find's SIGPIPE once head exits ended the script.
+pics=$(find "$WORK/predictions" -name '*.png' -print -quit)
 say "done"
 echo "  training ($ITERS iterations, 2 processes): ${t_train}s"
 echo "  mIoU on $(ls "$ROOT/images/validation" | wc -l) validation images: untrained $before -> trained $after"
