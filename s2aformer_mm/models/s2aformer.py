@@ -55,81 +55,86 @@ def _to_channels_last_ln(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
 # --------------------------------------------------------------------------- attention
-#: Elements of one ``(B, h, chunk, Ns)`` logits block in the strip-attention kernel
-#: (4 MiB in fp32): at 800x1333 fwd+bwd of a stage-1 block took 186 ms (2^20), 223 ms
-#: (2^18), 196 ms (2^22), 643 ms for the literal formula; bounded memory either way.
+#: Elements of one ``(B, h, rows, Ns)`` probability block in the strip-attention
+#: backward (4 MiB in fp32): at 800x1333 fwd+bwd of a stage-1 block took 186 ms
+#: (2^20), 223 ms (2^18), 196 ms (2^22), 643 ms for the literal formula.
 STRIP_ATTN_BLOCK = 1 << 20
-#: The same without autograd (16 MiB): fewer, larger ops win when nothing is kept
-#: for backward; still bounded at detection sizes.
+#: The same for the forward (16 MiB): nothing of a block is kept for backward, so
+#: fewer, larger ops win; still bounded at detection sizes (one block at 224^2).
 STRIP_ATTN_INFER_BLOCK = 1 << 22
 
 
-def _strip_chunk(q: torch.Tensor, k: torch.Tensor) -> int:
-    return max(16, STRIP_ATTN_BLOCK // max(1, q.shape[0] * q.shape[1] * k.shape[-2]))
+def _block_rows(q: torch.Tensor, k: torch.Tensor, block: int) -> int:
+    return max(16, block // max(1, q.shape[0] * q.shape[1] * k.shape[-2]))
 
 
-def _strip_attention_fwd(q, k, v, scale: float, chunk: int):
-    """Chunked ``softmax(scale * q k^T) v`` for 1-d queries/keys; also returns the
-    row log-sum-exp. The logits of a head are rank-1 (``scale * q_i * k_j``), so
-    they are an outer product (no GEMM) and the row maximum is exact and free:
-    ``q_i * max_j k_j`` if ``q_i >= 0`` else ``q_i * min_j k_j``."""
-    kt = k.transpose(-2, -1) * scale                          # B h 1 Ns
-    kmax, kmin = kt.amax(-1, keepdim=True), kt.amin(-1, keepdim=True)
-    outs, lses = [], []
-    for s in range(0, q.shape[-2], chunk):
-        qc = q[..., s:s + chunk, :]                           # B h n 1
-        m = torch.where(qc >= 0, qc * kmax, qc * kmin)        # exact row max of qc * kt
-        p = torch.exp(qc * kt - m)                            # B h n Ns (one block only)
-        l = p.sum(-1, keepdim=True)
-        outs.append((p @ v) / l)
-        lses.append(m + l.log())
-    return torch.cat(outs, -2), torch.cat(lses, -2)
-
-
-class _StripAttentionFunction(torch.autograd.Function):
-    """Memory-efficient strip attention: saves ``q, k, v, out`` and the row
-    log-sum-exp (``O(N)``), never the ``N x Ns`` probabilities, and recomputes
-    them block by block in backward (the flash-attention recurrences, specialised
-    to 1-d queries/keys)."""
-
-    @staticmethod
-    def forward(ctx, q, k, v, scale, chunk):
-        out, lse = _strip_attention_fwd(q, k, v, scale, chunk)
-        ctx.save_for_backward(q, k, v, out, lse)
-        ctx.scale, ctx.chunk = scale, chunk
-        return out
-
-    @staticmethod
-    def backward(ctx, dout):
-        q, k, v, out, lse = ctx.saved_tensors
-        scale, chunk = ctx.scale, ctx.chunk
-        dout = dout.contiguous()
-        kt = k.transpose(-2, -1) * scale                      # B h 1 Ns
-        vt = v.transpose(-2, -1)
-        dq = torch.empty_like(q)
-        dkt = torch.zeros_like(kt)
-        dv = torch.zeros_like(v)
-        delta = (dout * out).sum(-1, keepdim=True)            # B h N 1
-        for s in range(0, q.shape[-2], chunk):
-            sl = slice(s, s + chunk)
-            qc, do = q[..., sl, :], dout[..., sl, :]
-            p = torch.exp(qc * kt - lse[..., sl, :])          # probabilities of the block
-            dv += p.transpose(-2, -1) @ do
-            ds = p * (do @ vt - delta[..., sl, :])            # d logits
-            dq[..., sl, :] = (ds * kt).sum(-1, keepdim=True)
-            dkt += (ds * qc).sum(-2, keepdim=True)
-        return dq, (dkt * scale).transpose(-2, -1), dv, None, None
-
-
-def _strip_attention_infer(q, k, v, scale: float) -> torch.Tensor:
-    """Forward without autograd: no log-sum-exp to keep, so ``softmax`` in large
-    blocks of :data:`STRIP_ATTN_INFER_BLOCK` elements (one block at 224^2)."""
-    kt = k.transpose(-2, -1) * scale                          # B h 1 Ns
-    rows = max(16, STRIP_ATTN_INFER_BLOCK // max(1, q.shape[0] * q.shape[1] * k.shape[-2]))
+@torch.library.custom_op('s2aformer::strip_attention', mutates_args=())
+def _strip_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                        scale: float) -> torch.Tensor:
+    """Forward of :func:`strip_attention`: ``softmax(q * scale k^T) v`` in blocks of
+    rows. The logits of a head are rank-1, so a block is an outer product (no GEMM)."""
+    # Dense per-head layouts: q/k/v arrive as strided views of channels-last conv
+    # outputs, and the block loop slices them many times (2.5x slower strided).
+    q, v = q.contiguous(), v.contiguous()
+    kt = k.transpose(-2, -1).contiguous() * scale                        # B h 1 Ns
+    rows = _block_rows(q, k, STRIP_ATTN_INFER_BLOCK)
     if q.shape[-2] <= rows:
         return torch.softmax(q * kt, -1) @ v
     return torch.cat([torch.softmax(q[..., s:s + rows, :] * kt, -1) @ v
                       for s in range(0, q.shape[-2], rows)], -2)
+
+
+@_strip_attention_op.register_fake
+def _(q, k, v, scale):
+    return q.new_empty((*q.shape[:-1], v.shape[-1]))
+
+
+@torch.library.custom_op('s2aformer::strip_attention_backward', mutates_args=())
+def _strip_attention_backward_op(
+        dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+        out: torch.Tensor, scale: float) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients of :func:`strip_attention` from ``q, k, v`` and the output only
+    (``O(N)`` saved): the probabilities are recomputed block by block -- the
+    flash-attention recurrences, specialised to 1-d queries and keys."""
+    q, v, dout = q.contiguous(), v.contiguous(), dout.contiguous()
+    kt = k.transpose(-2, -1).contiguous() * scale                       # B h 1 Ns
+    vt = v.transpose(-2, -1)
+    dq = torch.empty_like(q)
+    dk = torch.zeros(k.shape, dtype=k.dtype, device=k.device)           # B h Ns 1
+    dv = torch.zeros_like(v)
+    delta = (dout * out).sum(-1, keepdim=True)                          # B h N 1
+    rows = _block_rows(q, k, STRIP_ATTN_BLOCK)
+    for s in range(0, q.shape[-2], rows):
+        sl = slice(s, s + rows)
+        qc, do = q[..., sl, :], dout[..., sl, :]
+        p = torch.softmax(qc * kt, -1)                                  # B h n Ns
+        dv += p.transpose(-2, -1) @ do
+        ds = p * (do @ vt - delta[..., sl, :])                          # d logits
+        dq[..., sl, :] = ds @ kt.transpose(-2, -1)
+        dk += (qc.transpose(-2, -1) @ ds).transpose(-2, -1)
+    return dq, dk.mul_(scale), dv
+
+
+@_strip_attention_backward_op.register_fake
+def _(dout, q, k, v, out, scale):
+    def empty(t):
+        return torch.empty(t.shape, dtype=t.dtype, device=t.device)
+    return empty(q), empty(k), empty(v)
+
+
+def _strip_attention_setup(ctx, inputs, output):
+    q, k, v, scale = inputs
+    ctx.save_for_backward(q, k, v, output)
+    ctx.scale = scale
+
+
+def _strip_attention_grad(ctx, dout):
+    q, k, v, out = ctx.saved_tensors
+    return (*_strip_attention_backward_op(dout, q, k, v, out, ctx.scale), None)
+
+
+_strip_attention_op.register_autograd(_strip_attention_grad,
+                                      setup_context=_strip_attention_setup)
 
 
 def strip_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -141,26 +146,25 @@ def strip_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     torch's CPU SDPA takes the math path when query/key and value head sizes
     differ (here 1 vs ``C / h``), which materialises (and, for backward, keeps) the
     whole ``N x Ns`` probability matrix per head -- 1 GiB per block in stage 1 of a
-    detector at 800x1333 -- and is 1.3-5x slower than this at 224^2.
+    detector at 800x1333 -- and is 1.3-5x slower than this at 224^2. It is a
+    registered operator (``torch.ops.s2aformer.strip_attention``) so that
+    ``torch.compile`` calls it as one opaque op: inductor's own code for the
+    decomposed SDPA ran S2AFormer-T 2x slower than eager.
     """
     if q.dtype not in (torch.float32, torch.float64):
         # bf16 / fp16 (autocast): the block softmax in fp32 -- still O(N) memory; SDPA's
         # math path would keep the N x Ns matrix (RetinaNet-S step: +1.3 GiB in bf16).
         with torch.autocast(q.device.type, enabled=False):
-            return strip_attention(q.float(), k.float(), v.float(), scale).to(q.dtype)
-    # Dense per-head layouts: q/k/v arrive as strided views of channels-last conv
-    # outputs, and the block loop slices them many times (2.5x slower strided).
-    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-    if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
-        return _StripAttentionFunction.apply(q, k, v, scale, _strip_chunk(q, k))
-    return _strip_attention_infer(q, k, v, scale)
+            return _strip_attention_op(q.float(), k.float(), v.float(), scale).to(q.dtype)
+    return _strip_attention_op(q, k, v, scale)
 
 
 def _use_strip_kernel(q: torch.Tensor) -> bool:
-    """The eager path (any float dtype). Traced, scripted, compiled or exported graphs
-    use SDPA (one op the exporters/compilers/FLOP counters know; the Python block
-    loop would specialise on the input size)."""
-    return q.is_floating_point() and _dp.in_eager_mode()
+    """Eager and ``torch.compile`` (any float dtype). Exported, traced or scripted
+    graphs use SDPA: one op that ONNX, TorchScript and the FLOP counters know."""
+    return q.is_floating_point() and not (
+        torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export()
+        or torch.jit.is_tracing() or torch.jit.is_scripting())
 
 
 class PointwiseLinear(nn.Linear):
@@ -247,11 +251,11 @@ class StripSelfAttention(BaseModule):
         sr_ratio (int): Spatial reduction ratio (kernel = stride = sr).
         qk_scale (float, optional): Logit scale. The paper leaves "Scale" open;
             the default ``(C / h) ** -0.5`` follows PVT, from which SSA derives.
-        fused (bool): Use a fused attention: in eager mode the block-wise
-            :func:`strip_attention` (never holds the ``N x Ns`` matrix, O(N)
-            memory for backward; computed in fp32 under bf16/fp16 autocast), else
-            ``F.scaled_dot_product_attention`` (traced/compiled/exported graphs,
-            attention dropout).
+        fused (bool): Use a fused attention: in eager mode and under
+            ``torch.compile`` the block-wise :func:`strip_attention` (never holds
+            the ``N x Ns`` matrix, O(N) memory for backward; computed in fp32 under
+            bf16/fp16 autocast), else ``F.scaled_dot_product_attention``
+            (exported/traced graphs, attention dropout).
             ``False`` runs the literal formula; all are equal up to rounding.
     """
 

@@ -3,9 +3,10 @@
 Classification throughput (images/s, median of ``--rounds`` after ``--warmup``)
 for each ``--variants`` classifier in training form (eval mode) and deploy form
 (BN folded, heads merged, conv+GELU fused), optionally ``--compile``
-(torch.compile of the deploy form) and ``--onnx`` (ONNX Runtime, same thread
-count), side by side with any ``--timm`` models (re-parameterised with timm's
-``reparameterize_model``, run as built and in channels-last), all in this process
+(torch.compile of the deploy form, inductor with ``freezing``) and ``--onnx`` (ONNX
+Runtime, same thread count), side by side with any ``--timm`` models
+(re-parameterised with timm's ``reparameterize_model``, run as built, in
+channels-last and, with those flags, compiled and in ONNX Runtime), all in this process
 with the same ``--threads``. ``--peers`` adds the paper's Table III models whose
 top-1 is within 0.5 point of a chosen variant and prints each variant's best form
 against each peer's best form.
@@ -221,6 +222,8 @@ def bench_classifiers(args, device, peak, rows):
         entries.append((name, 'timm (reparam)', model, macs, 'timm'))
         # Peers get their best form too: channels-last often helps convnets on CPU.
         entries.append((name, 'timm channels-last', model, macs, 'timm'))
+        if args.compile:
+            entries.append((name, 'timm+compile', model, macs, 'timm'))
         if args.onnx:
             entries.append((name, 'timm+onnxruntime', model, macs, 'timm'))
     tmp = tempfile.mkdtemp(prefix='s2a_bench_')
@@ -251,7 +254,9 @@ def _bench_one(args, device, peak, rows, x, shape, tmp, name, form, net, macs, s
     else:
         run = net
         if form.endswith('compile'):
-            run = torch.compile(net)
+            # freezing: weights become constants, so inductor pre-packs them for oneDNN
+            # and folds what depends on them only (inference graphs only).
+            run = torch.compile(net, options={'freezing': True})
             t0 = time.time()
             with torch.inference_mode():
                 run(x)
