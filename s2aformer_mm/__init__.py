@@ -1,11 +1,12 @@
 """S2AFormer for OpenMMLab: one backbone, registered in mmpretrain, mmseg and mmdet.
 
-Importing the package (configs do it through ``custom_imports``) checks mmcv,
+Importing the package (configs do it through ``custom_imports``) checks torch and mmcv,
 allowlists the globals Runner checkpoints need under ``weights_only=True`` and
 registers the models in every installed OpenMMLab library.
 """
-from .compat import check_mmcv
+from .compat import check_mmcv, check_torch
 
+check_torch()
 check_mmcv()
 
 from .checkpoint import register_safe_globals, route_mmengine_local_loads  # noqa: E402

@@ -9,6 +9,31 @@ MMCV_MIN, MMCV_MAX = Version('2.0.0rc4'), Version('2.2.0')
 FIX = 'Run "bash tools/setup_env.sh" (builds mmcv 2.1.0 with ops against your torch).'
 
 
+#: torch APIs the package uses (name -> what for); checked by feature, not by version
+#: number. Tested with torch 2.14.1.
+TORCH_FEATURES = {
+    'library.custom_op': 'the strip-attention operator',
+    'compiler.is_exporting': 'routing the attention to SDPA in exported graphs',
+    'serialization.add_safe_globals': 'safe checkpoint loading (weights_only=True)',
+}
+
+
+def check_torch() -> None:
+    import torch
+    missing = []
+    for name, use in TORCH_FEATURES.items():
+        obj = torch
+        for part in name.split('.'):
+            obj = getattr(obj, part, None)
+        if obj is None:
+            missing.append(f'torch.{name} ({use})')
+    if missing:
+        raise ImportError(
+            f'torch {torch.__version__} is too old for s2aformer_mm: it lacks '
+            f'{", ".join(missing)}. Install torch >= 2.5 with a matching torchvision (tested: '
+            f'torch==2.14.1 torchvision==0.29.1), then rebuild mmcv against it. {FIX}')
+
+
 def check_mmcv() -> None:
     try:
         v = Version(version('mmcv'))

@@ -39,6 +39,16 @@ def test_mmcv_version(fake, expected):
     assert expected in out.stderr and 'tools/setup_env.sh' in out.stderr
 
 
+def test_torch_too_old():
+    out = _import_with('''
+        import torch
+        del torch.library.custom_op
+    ''')
+    assert out.returncode != 0
+    assert 'too old' in out.stderr and 'torch.library.custom_op' in out.stderr
+    assert 'torch==2.14.1' in out.stderr
+
+
 def test_compatible_stack_imports():
     out = _import_with('')
     assert out.returncode == 0, out.stderr
