@@ -216,6 +216,28 @@ def test_dense_runs_with_same_seed_are_identical(data, seg_reference, tmp_path):
     assert_same_weights(tmp_path / f'iter_{SEG_ITERS}.pth', ref_work / f'iter_{SEG_ITERS}.pth')
 
 
+def test_compile_option_trains_like_eager_to_lr_zero(data, tmp_path):
+    """``compile`` in a config: mmengine compiles ``train_step`` with the optimizer step,
+    and a compiled AdamW step at ``lr == 0`` (PolyLR with ``eta_min=0``, the ADE20K
+    schedule, ends there) wrote NaN into parameters whose gradients were all zero. The
+    tools compile the training forward only; with the ``eager`` backend (dynamo, same
+    kernels) the run must match the uncompiled one and end with finite weights."""
+    iters = 4
+    opts = seg_opts(data, iters=iters, ckpt=iters, extra=[f'param_scheduler.0.end={iters}'])
+    tool('train', SEG_CFG, '--work-dir', tmp_path / 'plain', '--cfg-options', *opts)
+    _, out = tool('train', SEG_CFG, '--work-dir', tmp_path / 'compiled', '--cfg-options',
+                  *opts, 'compile.backend=eager')
+    assert 'torch.compile' in out and 'optimizer step stays eager' in out
+    (plain, ), (compiled, ) = scalars(tmp_path / 'plain'), scalars(tmp_path / 'compiled')
+    assert [r['lr'] for r in compiled if 'lr' in r][-1] == 0.0  # the schedule reached 0
+    assert train_losses(compiled) == train_losses(plain)
+    final = weights(tmp_path / 'compiled' / f'iter_{iters}.pth')
+    nan = [k for k, v in final.items() if v.is_floating_point() and not v.isfinite().all()]
+    assert not nan, f'non-finite weights after compiled training: {nan[:5]}'
+    assert_same_weights(tmp_path / 'compiled' / f'iter_{iters}.pth',
+                        tmp_path / 'plain' / f'iter_{iters}.pth')
+
+
 def test_classification_runs_with_same_seed_are_identical(data, tmp_path):
     opts = [*loader_opts(data / 'imagenet', batch=4), *DETERMINISTIC,
             'train_dataloader.dataset.pipeline.1.scale=64',  # RandomResizedCrop 224 -> 64
