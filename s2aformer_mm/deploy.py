@@ -140,12 +140,17 @@ def _onednn_post_op(conv: nn.Module, act: nn.Module):
     return None
 
 
+def in_exported_graph() -> bool:
+    """Inside torch.export, an ONNX export, a jit trace or script: graphs whose
+    consumers (ONNX, TorchScript, FLOP counters) know only standard ops."""
+    return (torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export()
+            or torch.jit.is_tracing() or torch.jit.is_scripting())
+
+
 def in_eager_mode() -> bool:
-    """Not inside a traced / scripted / compiled / ONNX-exported graph, whose tools
-    know only standard ops. ``is_compiling`` goes first: dynamo must not trace the
-    other checks."""
-    return (not torch.compiler.is_compiling() and not torch.jit.is_tracing()
-            and not torch.jit.is_scripting() and not torch.onnx.is_in_onnx_export())
+    """Neither compiled nor :func:`in_exported_graph`. ``is_compiling`` goes first:
+    dynamo must not trace the other checks."""
+    return not torch.compiler.is_compiling() and not in_exported_graph()
 
 
 def _onednn_eager(x: torch.Tensor) -> bool:

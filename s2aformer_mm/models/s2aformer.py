@@ -162,9 +162,7 @@ def strip_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
 def _use_strip_kernel(q: torch.Tensor) -> bool:
     """Eager and ``torch.compile`` (any float dtype). Exported, traced or scripted
     graphs use SDPA: one op that ONNX, TorchScript and the FLOP counters know."""
-    return q.is_floating_point() and not (
-        torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export()
-        or torch.jit.is_tracing() or torch.jit.is_scripting())
+    return q.is_floating_point() and not _dp.in_exported_graph()
 
 
 class PointwiseLinear(nn.Linear):
