@@ -21,8 +21,11 @@ CACHE="${S2A_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/s2aformer-mm}"
 TORCH_SPEC="${TORCH_SPEC:-torch==2.14.1}"
 TORCHVISION_SPEC="${TORCHVISION_SPEC:-torchvision==0.29.1}"
 MMCV_VERSION="2.1.0"
+# setuptools: < 80 because mmcv's setup.py imports pkg_resources; >= 70.1 because older ones
+# (a venv's own 65.x) have no 'bdist_wheel' without the 'wheel' package, and only torch
+# 2.14's dependencies happened to upgrade it.
 STACK=(mmengine==0.10.7 mmpretrain==1.2.0 mmsegmentation==1.2.2 mmdet==3.3.0
-       ftfy regex "pycocotools>=2.0.8" "setuptools<80" ninja psutil pytest onnx==1.23.2 onnxruntime==1.32.0 onnxscript==0.7.2)
+       ftfy regex "pycocotools>=2.0.8" "setuptools>=70.1,<80" ninja psutil pytest onnx==1.23.2 onnxruntime==1.32.0 onnxscript==0.7.2)
 
 t0=$SECONDS
 step() { printf '\n[setup %4ds] %s\n' "$((SECONDS - t0))" "$*"; }
@@ -100,7 +103,7 @@ if ! mmcv_ok; then
     # --no-cache-dir: pip's own cache is keyed by sdist, not torch version (ABI mismatch risk).
     CXX="$shim/cxx" MMCV_WITH_OPS=1 MAX_JOBS="${MAX_JOBS:-$(nproc)}" "$VENV/bin/python" -m pip --disable-pip-version-check \
       wheel -q --no-deps --no-build-isolation --no-cache-dir -w "$WHEELDIR" "mmcv==$MMCV_VERSION" \
-      || die "building mmcv failed (see compiler output above). Needs g++, Python headers and 'setuptools<80'."
+      || die "building mmcv failed (see compiler output above). Needs g++, Python headers and 'setuptools>=70.1,<80' (it has bdist_wheel and pkg_resources)."
     whl=$(ls "$WHEELDIR"/mmcv-*.whl | head -1)
   else
     step "installing cached mmcv wheel $(basename "$whl")"
