@@ -9,8 +9,14 @@ MMCV_MIN, MMCV_MAX = Version('2.0.0rc4'), Version('2.2.0')
 FIX = 'Run "bash tools/setup_env.sh" (builds mmcv 2.1.0 with ops against your torch).'
 
 
-#: torch APIs the package uses (name -> what for); checked by feature, not by version
-#: number. Tested with torch 2.14.1.
+#: Lowest supported torch; setup.py states the same bound (tests/test_compat.py).
+#: Full test suite run with 2.12.0 and 2.14.1. 2.7-2.11 have every API below, but
+#: there dynamo folds ``torch.compiler.is_exporting()`` to True inside every
+#: ``torch.compile``, so compiled SSA would silently take the SDPA path (the
+#: routing can no longer tell compile from export): slower, and SDPA's CPU
+#: backward keeps the N x Ns matrix; compile tests fail there.
+TORCH_MIN = '2.12'
+#: torch APIs the package uses (name -> what for), checked so that the error names them.
 TORCH_FEATURES = {
     'library.custom_op': 'the strip-attention operator',
     'compiler.is_exporting': 'routing the attention to SDPA in exported graphs',
@@ -28,10 +34,16 @@ def check_torch() -> None:
         if obj is None:
             missing.append(f'torch.{name} ({use})')
     if missing:
-        raise ImportError(
-            f'torch {torch.__version__} is too old for s2aformer_mm: it lacks '
-            f'{", ".join(missing)}. Install torch >= 2.5 with a matching torchvision (tested: '
-            f'torch==2.14.1 torchvision==0.29.1), then rebuild mmcv against it. {FIX}')
+        why = f'it lacks {", ".join(missing)}'
+    elif Version(Version(torch.__version__).base_version) < Version(TORCH_MIN):
+        why = ('torch.compiler.is_exporting() returns True inside every torch.compile before '
+               '2.12, so compiled models would silently run the attention on the slow SDPA path')
+    else:
+        return
+    raise ImportError(
+        f'torch {torch.__version__} is too old for s2aformer_mm: {why}. Install torch >= '
+        f'{TORCH_MIN} with a matching torchvision (default: torch==2.14.1 torchvision==0.29.1), '
+        f'then rebuild mmcv against it. {FIX}')
 
 
 def check_mmcv() -> None:

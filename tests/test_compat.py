@@ -1,7 +1,9 @@
 """Import-time stack checks give errors that name the problem and the fix."""
+import re
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -47,6 +49,24 @@ def test_torch_too_old():
     assert out.returncode != 0
     assert 'too old' in out.stderr and 'torch.library.custom_op' in out.stderr
     assert 'torch==2.14.1' in out.stderr
+    from s2aformer_mm.compat import TORCH_MIN
+    assert f'torch >= {TORCH_MIN} ' in out.stderr
+
+
+def test_torch_whose_is_exporting_misreports_under_compile_is_refused():
+    out = _import_with('''
+        import torch
+        torch.__version__ = '2.11.0+cpu'
+    ''')
+    assert out.returncode != 0
+    assert 'torch 2.11.0+cpu is too old' in out.stderr and 'is_exporting()' in out.stderr
+    assert 'torch >= 2.12 ' in out.stderr
+
+
+def test_setup_py_states_the_torch_bound_the_import_check_names():
+    from s2aformer_mm.compat import TORCH_MIN
+    setup_py = (Path(__file__).parents[1] / 'setup.py').read_text()
+    assert re.findall(r"'torch>=([0-9.]+)'", setup_py) == [TORCH_MIN]
 
 
 def test_compatible_stack_imports():

@@ -82,6 +82,9 @@ if ! have "${STACK[@]}"; then
   step "installing mmengine, mmpretrain, mmsegmentation, mmdet and helpers (~1 min)"
   pipq install "${STACK[@]}" || die "installing the OpenMMLab stack failed; $net_hint."
 fi
+# The package's own torch check (compat.py needs only 'packaging'), before an 8-min mmcv build.
+"$VENV/bin/python" -c "import importlib.util as u; s = u.spec_from_file_location('c', '$REPO/s2aformer_mm/compat.py'); m = u.module_from_spec(s); s.loader.exec_module(m); m.check_torch()" \
+  || die "this torch cannot run s2aformer_mm (reason above); set TORCH_SPEC / TORCHVISION_SPEC to a supported pair."
 
 # ---------------------------------------------------------------- mmcv with ops
 mmcv_ok() { "$VENV/bin/python" -c "import mmcv, mmcv.ops; assert mmcv.__version__ == '$MMCV_VERSION'" 2>/dev/null; }
