@@ -10,7 +10,7 @@ FIX = 'Run "bash tools/setup_env.sh" (builds mmcv 2.1.0 with ops against your to
 
 
 #: Lowest supported torch; setup.py states the same bound (tests/test_compat.py).
-#: Full test suite run with 2.12.0 and 2.14.1. 2.7-2.11 have every API below, but
+#: Whole test suite passed with 2.12.0, 2.14.1 and 2.15.0. 2.7-2.11 have every API below, but
 #: there dynamo folds ``torch.compiler.is_exporting()`` to True inside every
 #: ``torch.compile``, so compiled SSA would silently take the SDPA path (the
 #: routing can no longer tell compile from export): slower, and SDPA's CPU
