@@ -29,6 +29,7 @@ import numpy as np
 import psutil
 import pytest
 import torch
+from mmengine.config import Config
 
 from s2aformer_mm.checkpoint import safe_load
 from s2aformer_mm.datasets import generate_ade20k, generate_imagenet
@@ -228,6 +229,8 @@ def test_compile_option_trains_like_eager_to_lr_zero(data, tmp_path):
     _, out = tool('train', SEG_CFG, '--work-dir', tmp_path / 'compiled', '--cfg-options',
                   *opts, 'compile.backend=eager')
     assert 'torch.compile' in out and 'optimizer step stays eager' in out
+    dumped = Config.fromfile(tmp_path / 'compiled' / Path(SEG_CFG).name)
+    assert dumped.get('compile') == dict(backend='eager')  # work_dir's copy reruns the same
     (plain, ), (compiled, ) = scalars(tmp_path / 'plain'), scalars(tmp_path / 'compiled')
     assert [r['lr'] for r in compiled if 'lr' in r][-1] == 0.0  # the schedule reached 0
     assert train_losses(compiled) == train_losses(plain)

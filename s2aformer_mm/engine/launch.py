@@ -334,11 +334,21 @@ def run_train(args: argparse.Namespace) -> Runner:
         cfg.resume, cfg.load_from = latest is not None, latest
     elif args.resume:
         cfg.resume, cfg.load_from = True, args.resume
+    compile_cfg = cfg.get('compile')
     compile_options = take_compile_option(cfg)
     setup_distributed(cfg)
     runner = None
     try:
         runner = _build_runner(cfg)
+        if compile_cfg is not None:
+            # The runner dumped the config without it; the copy in work_dir must train
+            # the same way when run again. Only for the dump: Runner.train() reads
+            # runner.cfg.compile and would compile the optimizer step after all.
+            runner.cfg.compile = compile_cfg
+            try:
+                runner.dump_config()
+            finally:
+                runner.cfg.pop('compile')
         compile_model(runner, compile_options)
         runner.train()
     except BaseException:
