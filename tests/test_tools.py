@@ -8,6 +8,7 @@ threads slow small models down by an order of magnitude.
 """
 import json
 import os
+import pickle
 import random
 import re
 import subprocess
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from mmengine.config import Config
 
 from s2aformer_mm.datasets import generate_ade20k, generate_coco, generate_imagenet
 from s2aformer_mm.datasets.synthetic import ADE_BACKGROUNDS, ADE_OBJECTS, COCO_DEMO_IDS
@@ -49,6 +51,11 @@ def test_metrics(out):
 
 
 test_metrics.__test__ = False  # a helper, not a test
+
+
+def dumped_config(work_dir, config):
+    """The config as the run used it (the Runner writes it into the work dir)."""
+    return Config.fromfile(Path(work_dir) / Path(config).name)
 
 
 def loader_opts(root, batch=2, extra=()):
@@ -115,11 +122,24 @@ def cls_run(data, tmp_path_factory):
 def test_classification_train_and_test(cls_run):
     work, ckpt, opts = cls_run
     _, out = tool('test', CLS_CFG, ckpt, '--work-dir', work, '--show-dir', work / 'show',
-                  '--cfg-options', *opts)
+                  '--out', work / 'plain.pkl', '--cfg-options', *opts)
     metrics = test_metrics(out)
     assert 0 <= metrics['accuracy/top1'] <= 100
     assert len(list((work / 'show').rglob('*.png'))) == 4
     assert json.loads((work / 'test_metrics.json').read_text()) == metrics
+
+    # --tta: mmpretrain has no TTA config of its own; flip and average, as its tools do.
+    _, out = tool('test', CLS_CFG, ckpt, '--work-dir', work / 'tta', '--tta',
+                  '--out', work / 'tta.pkl', '--cfg-options', *opts)
+    assert 0 <= test_metrics(out)['accuracy/top1'] <= 100
+    ran = dumped_config(work / 'tta', CLS_CFG)
+    assert ran.model.type == 'mmpretrain.AverageClsScoreTTA' and ran.model.module.type == 'ImageClassifier'
+    flips = ran.test_dataloader.dataset.pipeline[-1]
+    assert flips.type == 'TestTimeAug' and [t.prob for t in flips.transforms[0]] == [1., 0.]
+    plain, tta = (pickle.loads((work / f'{n}.pkl').read_bytes()) for n in ('plain', 'tta'))
+    scores = np.stack([np.asarray(p['pred_score']) for p in tta])
+    assert np.allclose(scores.sum(1), 1, atol=1e-5)  # an average of two softmaxes
+    assert not np.array_equal(scores, np.stack([np.asarray(p['pred_score']) for p in plain]))
 
 
 # --------------------------------------------------------------------------- Semantic FPN
@@ -168,6 +188,19 @@ def test_semantic_fpn_from_classifier_resume_and_test(data, cls_run, tmp_path):
     assert len(list(show.rglob('*.png'))) == 4
     assert (tmp_path / 'preds.pkl').stat().st_size > 0
 
+    # --tta: the ADE20K base config's multi-scale + flip pipeline and SegTTAModel.
+    _, out = tool('test', SEG_CFG, tmp_path / 'iter_4.pth', '--work-dir', tmp_path / 'tta',
+                  '--tta', '--cfg-options', *opts)
+    assert 0 <= test_metrics(out)['mIoU'] <= 100
+    ran = dumped_config(tmp_path / 'tta', SEG_CFG)
+    assert ran.model.type == 'SegTTAModel' and ran.model.module.type == 'EncoderDecoder'
+    aug = ran.test_dataloader.dataset.pipeline[1]
+    assert aug.type == 'TestTimeAug' and len(aug.transforms[0]) == 6  # scales 0.5 .. 1.75
+    # A config without them says what is missing instead of a KeyError.
+    rc, out = tool('test', SEG_CFG, tmp_path / 'iter_4.pth', '--work-dir', tmp_path / 'tta',
+                   '--tta', '--cfg-options', *opts, 'tta_pipeline=None', expect_ok=False)
+    assert rc != 0 and '--tta: the config defines no tta_pipeline' in out, out[-2000:]
+
 
 def test_dist_train_two_cpu_processes(data, tmp_path):
     opts = seg_opts(data, 2, ['model.backbone.init_cfg=None'])
@@ -214,6 +247,17 @@ def test_detection_train_and_test(data, tmp_path, config, metric_keys, train_arg
         assert key in metrics and -1 <= metrics[key] <= 1, metrics
     assert (tmp_path / 'dets.pkl').stat().st_size > 0
     assert len(list(show.rglob('*.jpg')) + list(show.rglob('*.png'))) == 4
+
+    rc, out = tool('test', config, tmp_path / 'epoch_1.pth', '--work-dir', tmp_path / 'tta',
+                   '--tta', '--cfg-options', *opts, expect_ok=config == RETINA_CFG)
+    if config == RETINA_CFG:  # flip TTA, boxes merged by DetTTAModel
+        assert 'coco/bbox_mAP' in test_metrics(out)
+        ran = dumped_config(tmp_path / 'tta', config)
+        assert ran.model.type == 'DetTTAModel' and ran.model.module.type == 'RetinaNet'
+        assert ran.test_dataloader.dataset.pipeline[-1].type == 'TestTimeAug'
+    else:  # mmdet cannot merge masks: said before anything is built
+        assert rc != 0 and 'does not support instance segmentation' in out, out[-2000:]
+        assert 'Load checkpoint from' not in out
 
 
 # --------------------------------------------------------------------------- errors

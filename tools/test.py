@@ -1,7 +1,7 @@
 """Evaluate a checkpoint with mmpretrain, mmsegmentation or mmdetection.
 
     python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--out preds.pkl]
-                         [--show-dir DIR] [--show [--wait-time S]] [--cfg-options k=v ...]
+                         [--show-dir DIR] [--show [--wait-time S]] [--tta] [--cfg-options k=v ...]
                          [--launcher {none,pytorch,slurm,mpi}]
     bash tools/dist_test.sh CONFIG CHECKPOINT NUM_PROCS [args]
 

@@ -17,7 +17,7 @@ import torch
 from mmengine.config import Config, ConfigDict, DictAction
 from mmengine.dist import get_dist_info
 from mmengine.logging import print_log
-from mmengine.model import is_model_wrapper
+from mmengine.model import BaseTTAModel, is_model_wrapper
 from mmengine.registry import RUNNERS, init_default_scope
 from mmengine.runner import Runner
 
@@ -85,6 +85,11 @@ def parse_test_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument('--show', action='store_true', help='show predictions in a window')
     parser.add_argument('--wait-time', type=float, default=2,
                         help='seconds each picture is shown with --show')
+    parser.add_argument('--tta', action='store_true',
+                        help="test-time augmentation: the config's tta_model / tta_pipeline "
+                             '(mmseg ADE20K: 6 scales x flip; mmdet: flip, boxes only, not '
+                             'Mask R-CNN); for mmpretrain, and for mmdet configs without them, '
+                             "flip, as the library's own tools/test.py does")
     return parser.parse_args(argv)
 
 
@@ -306,6 +311,46 @@ def enable_visualization(cfg: Config, scope: str, show_dir: Optional[str], show:
         hook.update(draw=True, interval=1, test_out_dir=show_dir)
 
 
+# --------------------------------------------------------------------------- test-time aug.
+def _flip_tta(last: dict) -> dict:
+    return dict(type='TestTimeAug', transforms=[
+        [dict(type='RandomFlip', prob=1.), dict(type='RandomFlip', prob=0.)], [last]])
+
+
+def apply_tta(cfg: Config, scope: str) -> None:
+    """``--tta``: wrap the model in ``tta_model`` and test with ``tta_pipeline``, with
+    the defaults of each library's own ``tools/test.py`` (mmpretrain and mmdet: flip;
+    mmseg has none, its ADE20K base config defines both)."""
+    test_ds = cfg.test_dataloader.dataset
+    while 'dataset' in test_ds:  # the pipeline sits on the innermost data set
+        test_ds = test_ds['dataset']
+    if scope == 'mmpretrain':
+        cfg.setdefault('tta_model', dict(type='mmpretrain.AverageClsScoreTTA'))
+        if 'tta_pipeline' not in cfg:
+            cfg.tta_pipeline = copy.deepcopy(test_ds.pipeline)
+            cfg.tta_pipeline[-1] = _flip_tta(cfg.tta_pipeline[-1])
+    elif scope == 'mmdet':
+        if cfg.model.get('roi_head', {}).get('mask_head') is not None:
+            # DetTTAModel asserts this mid-run, after the model and data are built.
+            raise ValueError("--tta: mmdet's DetTTAModel merges boxes only; it does not "
+                             'support instance segmentation (Mask R-CNN). Test without --tta.')
+        cfg.setdefault('tta_model', dict(type='DetTTAModel', tta_cfg=dict(
+            nms=dict(type='nms', iou_threshold=0.5), max_per_img=100)))
+        if 'tta_pipeline' not in cfg:
+            cfg.tta_pipeline = copy.deepcopy(test_ds.pipeline)
+            # DetTTAModel un-flips the boxes: the packed meta must say whether they were.
+            cfg.tta_pipeline[-1] = _flip_tta(dict(type='PackDetInputs', meta_keys=(
+                'img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor', 'flip',
+                'flip_direction')))
+    missing = [key for key in ('tta_model', 'tta_pipeline') if cfg.get(key) is None]
+    if missing:
+        raise ValueError(f'--tta: the config defines no {" / ".join(missing)}. Inherit them '
+                         f"(mmseg::_base_/datasets/ade20k.py and mmseg::_base_/default_runtime.py "
+                         f'define both) or test without --tta.')
+    cfg.model = ConfigDict(**cfg.tta_model, module=cfg.model)
+    test_ds.pipeline = cfg.tta_pipeline
+
+
 # --------------------------------------------------------------------------- entry points
 def _build_runner(cfg: Config) -> Runner:
     return RUNNERS.build(cfg) if 'runner_type' in cfg else Runner.from_cfg(cfg)
@@ -368,6 +413,8 @@ def run_test(args: argparse.Namespace) -> dict:
     if not osp.isfile(args.checkpoint) and '://' not in args.checkpoint:
         raise InputNotFoundError(f'Checkpoint {args.checkpoint!r} does not exist.')
     cfg.load_from = args.checkpoint
+    if args.tta:
+        apply_tta(cfg, scope)
     if args.show or args.show_dir:
         show_dir = osp.abspath(args.show_dir) if args.show_dir else None
         enable_visualization(cfg, scope, show_dir, args.show, args.wait_time)
@@ -387,6 +434,8 @@ def run_test(args: argparse.Namespace) -> dict:
         # evaluated with a warning only. Check keys and shapes first; the Runner then loads
         # it as usual (after before_run, which e.g. EMAHook needs).
         model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+        if isinstance(model, BaseTTAModel):  # mmengine loads into the wrapped model
+            model = model.module
         check_model_checkpoint(model, args.checkpoint)
         metrics = runner.test()
     except BaseException:
