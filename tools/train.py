@@ -1,6 +1,6 @@
 """Train with mmpretrain, mmsegmentation or mmdetection (the config's default_scope).
 
-    python tools/train.py CONFIG [--work-dir DIR] [--resume [PATH]] [--amp]
+    python tools/train.py CONFIG [--work-dir DIR] [--resume [PATH]] [--amp] [--auto-scale-lr] [--no-validate]
                           [--cfg-options k=v ...] [--launcher {none,pytorch,slurm,mpi}]
     bash tools/dist_train.sh CONFIG NUM_PROCS [args]   # torchrun; gloo + CPU DDP without CUDA
 """

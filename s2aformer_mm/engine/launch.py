@@ -72,6 +72,8 @@ def parse_train_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                         help='mixed precision: fp16 AmpOptimWrapper on CUDA, bf16 autocast on CPU')
     parser.add_argument('--auto-scale-lr', action='store_true',
                         help='scale lr linearly by total batch / auto_scale_lr.base_batch_size')
+    parser.add_argument('--no-validate', action='store_true',
+                        help='train without validation (no val data needed)')
     return parser.parse_args(argv)
 
 
@@ -359,6 +361,8 @@ def _build_runner(cfg: Config) -> Runner:
 def run_train(args: argparse.Namespace) -> Runner:
     apply_cpu_runtime('train')
     cfg, scope = load_config(args)
+    if args.no_validate:  # mmengine builds a val loop only when all three are set
+        cfg.val_cfg = cfg.val_dataloader = cfg.val_evaluator = None
     check_data_dirs(cfg, ['train_dataloader'] + (['val_dataloader'] if cfg.get('val_cfg') else []))
     check_pretrained(cfg)
     apply_checkpoint_defaults(cfg)
