@@ -7,7 +7,8 @@ the ``mmpretrain`` / ``mmseg`` / ``mmdet`` scopes):
   ``device_ids`` and without SyncBN, for gloo runs on machines without CUDA;
 * ``BF16AutocastOptimWrapper`` (``OPTIM_WRAPPERS``): ``--amp`` on CPU;
 * ``DumpPredictions`` (``METRICS``): ``tools/test.py --out`` without logits;
-* ``SafeCheckpointHook`` (``HOOKS``): saves before deleting, atomic writes.
+* ``SafeCheckpointHook`` (``HOOKS``): saves before deleting, atomic writes;
+* ``IterationSeedHook`` (``HOOKS``): random numbers per iteration, so resumed runs repeat.
 """
 from .checkpointing import SafeCheckpointHook, find_resumable_checkpoint
 from .distributed import (CPUDistributedDataParallel, destroy_distributed,
@@ -16,10 +17,11 @@ from .evaluation import DumpPredictions
 from .launch import (USER_ERRORS, DatasetNotFoundError, InputNotFoundError, check_data_dirs,
                      parse_test_args, parse_train_args, run_test, run_train)
 from .optim import BF16AutocastOptimWrapper
+from .randomness import IterationSeedHook
 
 __all__ = [
     'CPUDistributedDataParallel', 'BF16AutocastOptimWrapper', 'DumpPredictions',
-    'SafeCheckpointHook', 'find_resumable_checkpoint', 'USER_ERRORS',
+    'SafeCheckpointHook', 'IterationSeedHook', 'find_resumable_checkpoint', 'USER_ERRORS',
     'DatasetNotFoundError', 'InputNotFoundError', 'init_distributed', 'destroy_distributed',
     'check_data_dirs', 'parse_train_args', 'parse_test_args', 'run_train', 'run_test'
 ]

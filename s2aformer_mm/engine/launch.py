@@ -14,12 +14,14 @@ import os.path as osp
 from typing import Iterator, List, Optional, Tuple
 
 import torch
+import torch.nn.functional as F
 from mmengine.config import Config, ConfigDict, DictAction
 from mmengine.dist import get_dist_info
 from mmengine.logging import print_log
 from mmengine.model import BaseTTAModel, is_model_wrapper
 from mmengine.registry import RUNNERS, init_default_scope
 from mmengine.runner import Runner
+from torch.utils.checkpoint import checkpoint
 
 from ..checkpoint import CheckpointMismatchError, UnsafeCheckpointError, check_model_checkpoint
 from ..integrations import SUPPORTED, require
@@ -27,6 +29,7 @@ from ..runtime import tune_cpu_allocator
 from .checkpointing import (apply_checkpoint_defaults, find_resumable_checkpoint,
                             remove_stale_temp_files)
 from .distributed import LAUNCHERS, destroy_distributed, init_distributed
+from .randomness import apply_iteration_seed
 
 #: scope -> argument of tools/data/generate_demo_data.py, for error messages
 DEMO_KIND = {'mmpretrain': 'imagenet', 'mmseg': 'ade20k', 'mmdet': 'coco'}
@@ -215,6 +218,7 @@ def compile_model(runner: Runner, options: Optional[dict]) -> None:
     if options is None:
         return
     model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+    check_compile_backend(model, options)
     eager, compiled = model.forward, torch.compile(model.forward, **options)
 
     def forward(*args, **kwargs):
@@ -224,6 +228,54 @@ def compile_model(runner: Runner, options: Optional[dict]) -> None:
     print_log(f'torch.compile({options or ""}) applied to the training forward of '
               f'{type(model).__name__} (the optimizer step stays eager); the first '
               f'iterations compile and are slow.', logger='current')
+
+
+def _checkpointed_random_layers(model: torch.nn.Module) -> List[str]:
+    """Dropout / drop-path layers inside modules that recompute in backward (``with_cp``)."""
+    found = set()
+    for prefix, module in model.named_modules():
+        if getattr(module, 'with_cp', False) is not True:
+            continue
+        for name, m in module.named_modules():
+            p = (m.p if isinstance(m, torch.nn.modules.dropout._DropoutNd)
+                 else getattr(m, 'drop_prob', 0) or getattr(m, 'attn_drop', 0))
+            if isinstance(p, float) and p > 0:
+                found.add(f'{prefix}.{name}'.strip('.'))
+    return sorted(found)
+
+
+def _eager_backend_redraws_in_recompute() -> bool:
+    """Whether dynamo's ``eager`` backend re-runs a checkpointed dropout with new random
+    numbers in backward (torch 2.14.1 does; ``aot_eager`` and inductor do not): the
+    gradient of ``sum(dropout(W x))`` must be the one of the forward's own mask."""
+    with torch.random.fork_rng():   # leave the run's random stream untouched
+        torch.manual_seed(0)
+        lin, x = torch.nn.Linear(8, 8), torch.randn(16, 8)
+
+        def f(t):
+            return checkpoint(lambda u: F.dropout(lin(u), 0.5, True), t, use_reentrant=False)
+
+        y = torch.compile(f, backend='eager')(x)
+        y.sum().backward()
+    return not torch.allclose(lin.weight.grad, 2 * (y != 0).float().t() @ x)
+
+
+def check_compile_backend(model: torch.nn.Module, options: dict) -> None:
+    """Refuse ``backend='eager'`` where it computes wrong gradients: with ``with_cp``,
+    drop path / dropout in the recomputed blocks would draw other masks in backward
+    than in forward (checked by running a small case, see
+    :func:`_eager_backend_redraws_in_recompute`)."""
+    if options.get('backend') != 'eager':
+        return
+    layers = _checkpointed_random_layers(model)
+    if layers and _eager_backend_redraws_in_recompute():
+        raise ValueError(
+            f"compile=dict(backend='eager') with with_cp would train with wrong gradients: "
+            f'in torch {torch.__version__} that backend re-runs checkpointed blocks with new '
+            f'random numbers in backward, so the masks of {len(layers)} dropout / drop-path '
+            f'layers ({", ".join(layers[:3])}{" ..." if len(layers) > 3 else ""}) would differ from the forward\'s. Use '
+            f"backend='aot_eager' or 'inductor' (the default), or with_cp=False "
+            f'(--cfg-options model.backbone.with_cp=False).')
 
 
 # --------------------------------------------------------------------------- checks
@@ -366,6 +418,7 @@ def run_train(args: argparse.Namespace) -> Runner:
     check_data_dirs(cfg, ['train_dataloader'] + (['val_dataloader'] if cfg.get('val_cfg') else []))
     check_pretrained(cfg)
     apply_checkpoint_defaults(cfg)
+    apply_iteration_seed(cfg)
     apply_cpu_memory_defaults(cfg)
     apply_amp(cfg, args.amp)
     if args.auto_scale_lr:
