@@ -269,12 +269,13 @@ def check_compile_backend(model: torch.nn.Module, options: dict) -> None:
         return
     layers = _checkpointed_random_layers(model)
     if layers and _eager_backend_redraws_in_recompute():
+        names = ', '.join(layers[:3]) + (' ...' if len(layers) > 3 else '')
         raise ValueError(
             f"compile=dict(backend='eager') with with_cp would train with wrong gradients: "
             f'in torch {torch.__version__} that backend re-runs checkpointed blocks with new '
             f'random numbers in backward, so the masks of {len(layers)} dropout / drop-path '
-            f'layers ({", ".join(layers[:3])}{" ..." if len(layers) > 3 else ""}) would differ from the forward\'s. Use '
-            f"backend='aot_eager' or 'inductor' (the default), or with_cp=False "
+            f"layers ({names}) would differ from the forward's. Use backend='aot_eager' or "
+            f"'inductor' (the default), or with_cp=False "
             f'(--cfg-options model.backbone.with_cp=False).')
 
 
