@@ -133,7 +133,8 @@ def test_classification_train_and_test(cls_run):
                   '--out', work / 'tta.pkl', '--cfg-options', *opts)
     assert 0 <= test_metrics(out)['accuracy/top1'] <= 100
     ran = dumped_config(work / 'tta', CLS_CFG)
-    assert ran.model.type == 'mmpretrain.AverageClsScoreTTA' and ran.model.module.type == 'ImageClassifier'
+    assert ran.model.type == 'mmpretrain.AverageClsScoreTTA'
+    assert ran.model.module.type == 'ImageClassifier'
     flips = ran.test_dataloader.dataset.pipeline[-1]
     assert flips.type == 'TestTimeAug' and [t.prob for t in flips.transforms[0]] == [1., 0.]
     plain, tta = (pickle.loads((work / f'{n}.pkl').read_bytes()) for n in ('plain', 'tta'))
