@@ -141,6 +141,9 @@ def test_classification_train_and_test(cls_run):
     scores = np.stack([np.asarray(p['pred_score']) for p in tta])
     assert np.allclose(scores.sum(1), 1, atol=1e-5)  # an average of two softmaxes
     assert not np.array_equal(scores, np.stack([np.asarray(p['pred_score']) for p in plain]))
+    rc, out = tool('test', CLS_CFG, ckpt, '--work-dir', work / 'tta', '--tta', '--show-dir',
+                   work / 'tta_show', '--cfg-options', *opts, expect_ok=False)
+    assert rc != 0 and "mmpretrain's VisualizationHook cannot draw" in out, out[-2000:]
 
 
 # --------------------------------------------------------------------------- Semantic FPN

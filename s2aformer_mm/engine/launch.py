@@ -472,6 +472,12 @@ def run_test(args: argparse.Namespace) -> dict:
         raise InputNotFoundError(f'Checkpoint {args.checkpoint!r} does not exist.')
     cfg.load_from = args.checkpoint
     if args.tta:
+        if scope == 'mmpretrain' and (args.show or args.show_dir):
+            # Its VisualizationHook expects one image tensor per batch and fails mid-run
+            # ("'tuple' object has no attribute 'permute'") on the augmented views.
+            raise ValueError("--tta with --show/--show-dir: mmpretrain's VisualizationHook "
+                             'cannot draw test-time-augmented batches. Draw the predictions '
+                             'in a run without --tta.')
         apply_tta(cfg, scope)
     if args.show or args.show_dir:
         show_dir = osp.abspath(args.show_dir) if args.show_dir else None
