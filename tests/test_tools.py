@@ -6,6 +6,7 @@ evaluated; the metrics are read from ``tools/test.py``'s output. Subprocesses ru
 with one thread each: the machine may be shared, and oversubscribed OpenMP
 threads slow small models down by an order of magnitude.
 """
+import importlib.util
 import json
 import os
 import pickle
@@ -191,6 +192,15 @@ def test_semantic_fpn_from_classifier_resume_and_test(data, cls_run, tmp_path):
     assert {'mIoU', 'aAcc', 'mAcc'} <= set(metrics) and 0 <= metrics['mIoU'] <= 100
     assert len(list(show.rglob('*.png'))) == 4
     assert (tmp_path / 'preds.pkl').stat().st_size > 0
+
+    # The config the tools wrote into the work dir also runs under mmseg's own
+    # tools/test.py: custom_imports=['s2aformer_mm'] registers the tools' hooks too.
+    stock = Path(importlib.util.find_spec('mmseg').origin).parent / '.mim' / 'tools' / 'test.py'
+    _, out = run([sys.executable, stock, tmp_path / Path(SEG_CFG).name, tmp_path / 'iter_4.pth',
+                  '--work-dir', tmp_path / 'stock'])
+    stock_miou = re.search(r'Iter\(test\) \[\d+/\d+\]\s+aAcc: [\d.]+\s+mIoU: ([\d.]+)', out)
+    assert stock_miou, out[-3000:]
+    assert float(stock_miou.group(1)) == round(metrics['mIoU'], 2)
 
     # --tta: the ADE20K base config's multi-scale + flip pipeline and SegTTAModel.
     _, out = tool('test', SEG_CFG, tmp_path / 'iter_4.pth', '--work-dir', tmp_path / 'tta',
