@@ -37,7 +37,8 @@ def check_torch() -> None:
         why = f'it lacks {", ".join(missing)}'
     elif Version(Version(torch.__version__).base_version) < Version(TORCH_MIN):
         why = ('torch.compiler.is_exporting() returns True inside every torch.compile before '
-               f'{TORCH_MIN}, so compiled models would silently run the attention on the slow SDPA path')
+               f'{TORCH_MIN}, so compiled models would silently run the attention on the slow '
+               'SDPA path')
     else:
         return
     raise ImportError(
