@@ -1,7 +1,6 @@
 """Unit tests of the S2AFormer backbone (mmpretrain-style API)."""
 import pytest
 import torch
-import torch.nn as nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from s2aformer_mm import S2AFormer

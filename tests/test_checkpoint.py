@@ -1,7 +1,6 @@
 """Checkpoint loading: Pretrained with prefix, loud missing keys, Runner round trip
 under torch's weights_only=True default, and refusal of code-executing pickles."""
 import os
-import pickle
 import subprocess
 import sys
 import textwrap

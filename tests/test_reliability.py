@@ -9,10 +9,9 @@ deterministic settings (``randomness=dict(seed=0, deterministic=True)``,
 ``num_workers=0``, one OpenMP thread, ``log_processor.window_size=1`` so the logged
 loss of an iteration is that iteration's loss, not a running mean).
 
-The decode head's dropout is switched off in the kill/resume runs: mmengine does not
-checkpoint torch's RNG state, so a resumed run draws other dropout masks than an
-uninterrupted one. With dropout off, a resumed run reproduces the uninterrupted one
-bit for bit.
+The kill/resume runs keep drop path and dropout on (as the recipes do): mmengine does
+not checkpoint torch's RNG state, and the tools' ``IterationSeedHook`` reseeds torch
+at every iteration, so a resumed run reproduces the uninterrupted one bit for bit.
 """
 import json
 import os
@@ -217,6 +216,18 @@ def test_dense_runs_with_same_seed_are_identical(data, seg_reference, tmp_path):
     assert len(set(ref_losses.values())) > 1  # the run really trains, not a constant
     assert val_metrics(records) == ref_metrics
     assert_same_weights(tmp_path / f'iter_{SEG_ITERS}.pth', ref_work / f'iter_{SEG_ITERS}.pth')
+
+
+@pytest.mark.parametrize('with_cp,drop_path,expected', [
+    (True, 0.1, 7), (False, 0.1, 0), (True, 0.0, 0)])
+def test_checkpointed_random_layers_found(with_cp, drop_path, expected):
+    """What the eager-backend refusal below looks for: drop path inside with_cp blocks
+    (mini: 8 blocks, the first at drop path rate 0)."""
+    from s2aformer_mm import S2AFormer
+    from s2aformer_mm.engine.compiling import _checkpointed_random_layers
+    found = _checkpointed_random_layers(
+        S2AFormer('mini', drop_path_rate=drop_path, with_cp=with_cp))
+    assert len(found) == expected and all(n.endswith('.drop_path') for n in found), found
 
 
 def test_compile_option_trains_like_eager_to_lr_zero(data, tmp_path):

@@ -14,22 +14,22 @@ import os.path as osp
 from typing import Iterator, List, Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 from mmengine.config import Config, ConfigDict, DictAction
 from mmengine.dist import get_dist_info
 from mmengine.logging import print_log
 from mmengine.model import BaseTTAModel, is_model_wrapper
 from mmengine.registry import RUNNERS, init_default_scope
 from mmengine.runner import Runner
-from torch.utils.checkpoint import checkpoint
 
 from ..checkpoint import CheckpointMismatchError, UnsafeCheckpointError, check_model_checkpoint
 from ..integrations import SUPPORTED, require
 from ..runtime import tune_cpu_allocator
 from .checkpointing import (apply_checkpoint_defaults, find_resumable_checkpoint,
                             remove_stale_temp_files)
+from .compiling import compile_model, take_compile_option
 from .distributed import LAUNCHERS, destroy_distributed, init_distributed
 from .randomness import apply_iteration_seed
+from .tta import apply_tta
 
 #: scope -> argument of tools/data/generate_demo_data.py, for error messages
 DEMO_KIND = {'mmpretrain': 'imagenet', 'mmseg': 'ade20k', 'mmdet': 'coco'}
@@ -189,96 +189,6 @@ def apply_amp(cfg: Config, enable: bool) -> None:
             wrapper.pop(key, None)
 
 
-def take_compile_option(cfg: Config) -> Optional[dict]:
-    """Take mmengine's ``compile`` option out of ``cfg``; :func:`compile_model` applies it.
-
-    mmengine compiles ``model.train_step``, and with it the optimizer step. A compiled
-    ``AdamW.step`` with ``lr == 0`` writes NaN into every parameter whose gradients have
-    all been exactly zero so far (``0 / 0`` in the compiled update; eager gives 0), and
-    the ADE20K schedule here (PolyLR, ``eta_min=0``) reaches ``lr == 0`` at its last
-    iteration: with ``compile=True`` the demo's final checkpoint had NaN in 19 SE tensors
-    and scored 2.03 mIoU instead of 33.60 (same losses until then). So the tools compile
-    the model's training forward (network and loss) and keep the optimizer eager.
-    """
-    option = cfg.pop('compile', None)
-    if option is None or option is False:
-        return None
-    if option is True:
-        return {}
-    if not isinstance(option, dict):
-        raise TypeError(f'compile must be a bool or a dict of torch.compile arguments '
-                        f'(e.g. compile=dict(backend="inductor")), got {option!r}')
-    return dict(option)
-
-
-def compile_model(runner: Runner, options: Optional[dict]) -> None:
-    """``torch.compile`` the model's forward while training (what mmengine's ``compile``
-    covers, less the optimizer step: :func:`take_compile_option`); validation and
-    testing stay eager, as with mmengine."""
-    if options is None:
-        return
-    model = runner.model.module if is_model_wrapper(runner.model) else runner.model
-    check_compile_backend(model, options)
-    eager, compiled = model.forward, torch.compile(model.forward, **options)
-
-    def forward(*args, **kwargs):
-        return (compiled if model.training else eager)(*args, **kwargs)
-
-    model.forward = forward
-    print_log(f'torch.compile({options or ""}) applied to the training forward of '
-              f'{type(model).__name__} (the optimizer step stays eager); the first '
-              f'iterations compile and are slow.', logger='current')
-
-
-def _checkpointed_random_layers(model: torch.nn.Module) -> List[str]:
-    """Dropout / drop-path layers inside modules that recompute in backward (``with_cp``)."""
-    found = set()
-    for prefix, module in model.named_modules():
-        if getattr(module, 'with_cp', False) is not True:
-            continue
-        for name, m in module.named_modules():
-            p = (m.p if isinstance(m, torch.nn.modules.dropout._DropoutNd)
-                 else getattr(m, 'drop_prob', 0) or getattr(m, 'attn_drop', 0))
-            if isinstance(p, float) and p > 0:
-                found.add(f'{prefix}.{name}'.strip('.'))
-    return sorted(found)
-
-
-def _eager_backend_redraws_in_recompute() -> bool:
-    """Whether dynamo's ``eager`` backend re-runs a checkpointed dropout with new random
-    numbers in backward (torch 2.14.1 does; ``aot_eager`` and inductor do not): the
-    gradient of ``sum(dropout(W x))`` must be the one of the forward's own mask."""
-    with torch.random.fork_rng():   # leave the run's random stream untouched
-        torch.manual_seed(0)
-        lin, x = torch.nn.Linear(8, 8), torch.randn(16, 8)
-
-        def f(t):
-            return checkpoint(lambda u: F.dropout(lin(u), 0.5, True), t, use_reentrant=False)
-
-        y = torch.compile(f, backend='eager')(x)
-        y.sum().backward()
-    return not torch.allclose(lin.weight.grad, 2 * (y != 0).float().t() @ x)
-
-
-def check_compile_backend(model: torch.nn.Module, options: dict) -> None:
-    """Refuse ``backend='eager'`` where it computes wrong gradients: with ``with_cp``,
-    drop path / dropout in the recomputed blocks would draw other masks in backward
-    than in forward (checked by running a small case, see
-    :func:`_eager_backend_redraws_in_recompute`)."""
-    if options.get('backend') != 'eager':
-        return
-    layers = _checkpointed_random_layers(model)
-    if layers and _eager_backend_redraws_in_recompute():
-        names = ', '.join(layers[:3]) + (' ...' if len(layers) > 3 else '')
-        raise ValueError(
-            f"compile=dict(backend='eager') with with_cp would train with wrong gradients: "
-            f'in torch {torch.__version__} that backend re-runs checkpointed blocks with new '
-            f'random numbers in backward, so the masks of {len(layers)} dropout / drop-path '
-            f"layers ({names}) would differ from the forward's. Use backend='aot_eager' or "
-            f"'inductor' (the default), or with_cp=False "
-            f'(--cfg-options model.backbone.with_cp=False).')
-
-
 # --------------------------------------------------------------------------- checks
 def _dataset_paths(ds, where: str) -> Iterator[Tuple[str, str, bool]]:
     """Yield (config key, path, is_dir) for a dataset config, through wrappers."""
@@ -366,46 +276,6 @@ def enable_visualization(cfg: Config, scope: str, show_dir: Optional[str], show:
         hook.update(draw=True, interval=1, test_out_dir=show_dir)
 
 
-# --------------------------------------------------------------------------- test-time aug.
-def _flip_tta(last: dict) -> dict:
-    return dict(type='TestTimeAug', transforms=[
-        [dict(type='RandomFlip', prob=1.), dict(type='RandomFlip', prob=0.)], [last]])
-
-
-def apply_tta(cfg: Config, scope: str) -> None:
-    """``--tta``: wrap the model in ``tta_model`` and test with ``tta_pipeline``, with
-    the defaults of each library's own ``tools/test.py`` (mmpretrain and mmdet: flip;
-    mmseg has none, its ADE20K base config defines both)."""
-    test_ds = cfg.test_dataloader.dataset
-    while 'dataset' in test_ds:  # the pipeline sits on the innermost data set
-        test_ds = test_ds['dataset']
-    if scope == 'mmpretrain':
-        cfg.setdefault('tta_model', dict(type='mmpretrain.AverageClsScoreTTA'))
-        if 'tta_pipeline' not in cfg:
-            cfg.tta_pipeline = copy.deepcopy(test_ds.pipeline)
-            cfg.tta_pipeline[-1] = _flip_tta(cfg.tta_pipeline[-1])
-    elif scope == 'mmdet':
-        if cfg.model.get('roi_head', {}).get('mask_head') is not None:
-            # DetTTAModel asserts this mid-run, after the model and data are built.
-            raise ValueError("--tta: mmdet's DetTTAModel merges boxes only; it does not "
-                             'support instance segmentation (Mask R-CNN). Test without --tta.')
-        cfg.setdefault('tta_model', dict(type='DetTTAModel', tta_cfg=dict(
-            nms=dict(type='nms', iou_threshold=0.5), max_per_img=100)))
-        if 'tta_pipeline' not in cfg:
-            cfg.tta_pipeline = copy.deepcopy(test_ds.pipeline)
-            # DetTTAModel un-flips the boxes: the packed meta must say whether they were.
-            cfg.tta_pipeline[-1] = _flip_tta(dict(type='PackDetInputs', meta_keys=(
-                'img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor', 'flip',
-                'flip_direction')))
-    missing = [key for key in ('tta_model', 'tta_pipeline') if cfg.get(key) is None]
-    if missing:
-        raise ValueError(f'--tta: the config defines no {" / ".join(missing)}. Inherit them '
-                         f"(mmseg::_base_/datasets/ade20k.py and mmseg::_base_/default_runtime.py "
-                         f'define both) or test without --tta.')
-    cfg.model = ConfigDict(**cfg.tta_model, module=cfg.model)
-    test_ds.pipeline = cfg.tta_pipeline
-
-
 # --------------------------------------------------------------------------- entry points
 def _build_runner(cfg: Config) -> Runner:
     return RUNNERS.build(cfg) if 'runner_type' in cfg else Runner.from_cfg(cfg)
@@ -472,13 +342,7 @@ def run_test(args: argparse.Namespace) -> dict:
         raise InputNotFoundError(f'Checkpoint {args.checkpoint!r} does not exist.')
     cfg.load_from = args.checkpoint
     if args.tta:
-        if scope == 'mmpretrain' and (args.show or args.show_dir):
-            # Its VisualizationHook expects one image tensor per batch and fails mid-run
-            # ("'tuple' object has no attribute 'permute'") on the augmented views.
-            raise ValueError("--tta with --show/--show-dir: mmpretrain's VisualizationHook "
-                             'cannot draw test-time-augmented batches. Draw the predictions '
-                             'in a run without --tta.')
-        apply_tta(cfg, scope)
+        apply_tta(cfg, scope, draw=bool(args.show or args.show_dir))
     if args.show or args.show_dir:
         show_dir = osp.abspath(args.show_dir) if args.show_dir else None
         enable_visualization(cfg, scope, show_dir, args.show, args.wait_time)

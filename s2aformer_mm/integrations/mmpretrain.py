@@ -1,5 +1,5 @@
 """Registers S2AFormer and its classification head in mmpretrain (scope ``mmpretrain``)."""
-from typing import List, Optional, Tuple
+from typing import List, Tuple
 
 import torch
 import torch.nn as nn

@@ -1,0 +1,106 @@
+"""mmengine's ``compile`` option, applied the way that trains correctly.
+
+``tools/train.py`` takes the option out of the config (:func:`take_compile_option`)
+and compiles the model's training forward only (:func:`compile_model`); why, and
+the torch 2.14.1 behaviour :func:`check_compile_backend` guards against, is in
+``docs/deployment.md`` section 4.
+"""
+from typing import List, Optional
+
+import torch
+import torch.nn.functional as F
+from mmengine.config import Config
+from mmengine.logging import print_log
+from mmengine.model import is_model_wrapper
+from mmengine.runner import Runner
+from torch.utils.checkpoint import checkpoint
+
+
+def take_compile_option(cfg: Config) -> Optional[dict]:
+    """Take mmengine's ``compile`` option out of ``cfg``; :func:`compile_model` applies it.
+
+    mmengine compiles ``model.train_step``, and with it the optimizer step. A compiled
+    ``AdamW.step`` with ``lr == 0`` writes NaN into every parameter whose gradients have
+    all been exactly zero so far (``0 / 0`` in the compiled update; eager gives 0), and
+    the ADE20K schedule here (PolyLR, ``eta_min=0``) reaches ``lr == 0`` at its last
+    iteration: with ``compile=True`` the demo's final checkpoint had NaN in 19 SE tensors
+    and scored 2.03 mIoU instead of 33.60 (same losses until then). So the tools compile
+    the model's training forward (network and loss) and keep the optimizer eager.
+    """
+    option = cfg.pop('compile', None)
+    if option is None or option is False:
+        return None
+    if option is True:
+        return {}
+    if not isinstance(option, dict):
+        raise TypeError(f'compile must be a bool or a dict of torch.compile arguments '
+                        f'(e.g. compile=dict(backend="inductor")), got {option!r}')
+    return dict(option)
+
+
+def compile_model(runner: Runner, options: Optional[dict]) -> None:
+    """``torch.compile`` the model's forward while training (what mmengine's ``compile``
+    covers, less the optimizer step: :func:`take_compile_option`); validation and
+    testing stay eager, as with mmengine."""
+    if options is None:
+        return
+    model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+    check_compile_backend(model, options)
+    eager, compiled = model.forward, torch.compile(model.forward, **options)
+
+    def forward(*args, **kwargs):
+        return (compiled if model.training else eager)(*args, **kwargs)
+
+    model.forward = forward
+    print_log(f'torch.compile({options or ""}) applied to the training forward of '
+              f'{type(model).__name__} (the optimizer step stays eager); the first '
+              f'iterations compile and are slow.', logger='current')
+
+
+def _checkpointed_random_layers(model: torch.nn.Module) -> List[str]:
+    """Dropout / drop-path layers inside modules that recompute in backward (``with_cp``)."""
+    recomputing, found = [], []
+    for name, m in model.named_modules():  # parents come before their children
+        if getattr(m, 'with_cp', False) is True:
+            recomputing.append(name + '.')
+        p = (m.p if isinstance(m, torch.nn.modules.dropout._DropoutNd)
+             else getattr(m, 'drop_prob', 0) or getattr(m, 'attn_drop', 0))
+        if (isinstance(p, float) and p > 0
+                and any((name + '.').startswith(r) for r in recomputing)):
+            found.append(name)
+    return found
+
+
+def _eager_backend_redraws_in_recompute() -> bool:
+    """Whether dynamo's ``eager`` backend re-runs a checkpointed dropout with new random
+    numbers in backward (torch 2.14.1 does; ``aot_eager`` and inductor do not): the
+    gradient of ``sum(dropout(W x))`` must be the one of the forward's own mask."""
+    with torch.random.fork_rng():   # leave the run's random stream untouched
+        torch.manual_seed(0)
+        lin, x = torch.nn.Linear(8, 8), torch.randn(16, 8)
+
+        def f(t):
+            return checkpoint(lambda u: F.dropout(lin(u), 0.5, True), t, use_reentrant=False)
+
+        y = torch.compile(f, backend='eager')(x)
+        y.sum().backward()
+    return not torch.allclose(lin.weight.grad, 2 * (y != 0).float().t() @ x)
+
+
+def check_compile_backend(model: torch.nn.Module, options: dict) -> None:
+    """Refuse ``backend='eager'`` where it computes wrong gradients: with ``with_cp``,
+    drop path / dropout in the recomputed blocks would draw other masks in backward
+    than in forward (checked by running a small case, see
+    :func:`_eager_backend_redraws_in_recompute`)."""
+    if options.get('backend') != 'eager':
+        return
+    layers = _checkpointed_random_layers(model)
+    if layers and _eager_backend_redraws_in_recompute():
+        names = ', '.join(layers[:3]) + (' ...' if len(layers) > 3 else '')
+        raise ValueError(
+            f"compile=dict(backend='eager') with with_cp would train with wrong gradients: "
+            f'in torch {torch.__version__} that backend re-runs checkpointed blocks with new '
+            f'random numbers in backward, so the masks of {len(layers)} dropout / drop-path '
+            f"layers ({names}) would differ from the forward's. Use backend='aot_eager' or "
+            f"'inductor' (the default), or with_cp=False "
+            f'(--cfg-options model.backbone.with_cp=False).')
