@@ -13,6 +13,7 @@ The kill/resume runs keep drop path and dropout on (as the recipes do): mmengine
 not checkpoint torch's RNG state, and the tools' ``IterationSeedHook`` reseeds torch
 at every iteration, so a resumed run reproduces the uninterrupted one bit for bit.
 """
+import copy
 import json
 import os
 import random
@@ -275,6 +276,99 @@ def test_classification_runs_with_same_seed_are_identical(data, tmp_path):
     assert sorted(runs[0]) == [1, 2, 3, 4], runs[0]
     assert runs[0] == runs[1]
     assert len(set(runs[0].values())) > 1
+
+
+def test_iteration_based_resume_with_loader_workers_matches_uninterrupted(data, seg_reference,
+                                                                          tmp_path):
+    """The seg runs above load in this process; with 2 persistent workers (as ADE20K's
+    loaders) mmengine's resume replays the skipped batches through the workers, so the
+    resumed run draws the same augmentations too."""
+    ref_work, ref_losses, _ = seg_reference
+    opts = [*seg_opts(data), 'train_dataloader.num_workers=2',
+            'train_dataloader.persistent_workers=True']
+    tool('train', SEG_CFG, '--work-dir', tmp_path / 'a', '--cfg-options', *opts)
+    _, out = tool('train', SEG_CFG, '--work-dir', tmp_path / 'b', '--resume',
+                  tmp_path / 'a' / 'iter_2.pth', '--cfg-options', *opts)
+    assert re.search(r'resumed epoch: \d+, iter: 2\b', out), out[-3000:]
+    (uninterrupted, ), (resumed, ) = scalars(tmp_path / 'a'), scalars(tmp_path / 'b')
+    assert train_losses(resumed) == {i: train_losses(uninterrupted)[i]
+                                    for i in range(3, SEG_ITERS + 1)}
+    assert train_losses(uninterrupted) != ref_losses  # workers draw their own numbers
+    assert_same_weights(tmp_path / 'b' / f'iter_{SEG_ITERS}.pth',
+                        tmp_path / 'a' / f'iter_{SEG_ITERS}.pth')
+
+
+@pytest.mark.parametrize('workers', [0, 2])
+def test_epoch_based_resume_matches_uninterrupted(data, tmp_path, workers):
+    """Classification (epoch-based): resumed from epoch_1.pth, epoch 2 repeats the
+    uninterrupted run bit for bit: augmentation drawn in this process (0 workers) or in
+    workers (2, persistent as mmdet's COCO loaders, which the tools restart per epoch)."""
+    opts = [*loader_opts(data / 'imagenet', batch=4), *DETERMINISTIC,
+            'train_dataloader.dataset.pipeline.1.scale=64',  # RandomResizedCrop 224 -> 64
+            f'train_dataloader.num_workers={workers}',
+            f'train_dataloader.persistent_workers={bool(workers)}',
+            'model.backbone.drop_path_rate=0.1',
+            'train_cfg.max_epochs=2', 'train_cfg.val_interval=100']  # 2 x 2 iterations
+    _, out = tool('train', CLS_CFG, '--work-dir', tmp_path / 'a', '--cfg-options', *opts)
+    assert ('workers restart every epoch' in out) == bool(workers), out[-3000:]
+    _, out = tool('train', CLS_CFG, '--work-dir', tmp_path / 'b', '--resume',
+                  tmp_path / 'a' / 'epoch_1.pth', '--cfg-options', *opts)
+    assert re.search(r'resumed epoch: 1, iter: 2\b', out), out[-3000:]
+    (uninterrupted, ), (resumed, ) = scalars(tmp_path / 'a'), scalars(tmp_path / 'b')
+    assert sorted(train_losses(resumed)) == [3, 4]
+    assert train_losses(resumed) == {i: train_losses(uninterrupted)[i] for i in (3, 4)}
+    assert_same_weights(tmp_path / 'b' / 'epoch_2.pth', tmp_path / 'a' / 'epoch_2.pth')
+
+
+class _RandomDraws(torch.utils.data.Dataset):
+    """Each sample is (index, a number drawn in the worker): an augmentation's draw."""
+
+    def __len__(self):
+        return 8
+
+    def __getitem__(self, i):
+        return i, float(np.random.rand()), random.random(), float(torch.rand(()))
+
+
+def test_epoch_based_loaders_draw_new_augmentations_every_epoch():
+    """mmengine's worker_init_fn seeds non-persistent workers (mmpretrain's ImageNet
+    loaders) the same in every epoch: the k-th sample of each epoch got the same draws.
+    With the tools' settings each epoch draws anew, and a loader started at epoch 1 (a
+    resumed run) draws what the uninterrupted one drew in epoch 1."""
+    from types import SimpleNamespace
+
+    from mmengine.registry import DATASETS, DefaultScope
+    from mmengine.runner import EpochBasedTrainLoop, Runner
+
+    from s2aformer_mm.engine.randomness import IterationSeedHook, apply_iteration_seed
+    DATASETS.register_module('_RandomDraws', module=_RandomDraws, force=True)
+    loader = dict(batch_size=1, num_workers=2, persistent_workers=True,
+                  dataset=dict(type='_RandomDraws'), collate_fn=dict(type='default_collate'),
+                  sampler=dict(type='DefaultSampler', shuffle=True))
+    cfg = Config(dict(train_cfg=dict(by_epoch=True, max_epochs=2), train_dataloader=loader))
+    stock = copy.deepcopy(cfg.train_dataloader)
+    stock.persistent_workers = False  # as mmpretrain's ImageNet base config
+    apply_iteration_seed(cfg)
+    assert cfg.train_dataloader.persistent_workers is False
+    hook = IterationSeedHook()
+    runner = SimpleNamespace(seed=0, train_loop=EpochBasedTrainLoop.__new__(EpochBasedTrainLoop))
+
+    def epochs(loader_cfg, first, last):
+        loader = Runner.build_dataloader(copy.deepcopy(loader_cfg), seed=0)
+        draws = []
+        for runner.epoch in range(first, last + 1):
+            loader.sampler.set_epoch(runner.epoch)
+            hook.before_train_epoch(runner)   # what the runner calls before iterating
+            draws.append([tuple(float(v) for v in b[1:]) for b in loader])
+        return draws
+
+    with DefaultScope.overwrite_default_scope('mmpretrain'):
+        stock_draws = epochs(stock, 0, 1)
+        draws = epochs(cfg.train_dataloader, 0, 1)
+        resumed = epochs(cfg.train_dataloader, 1, 1)
+    assert stock_draws[0] == stock_draws[1]  # why: mmengine repeats the draws per epoch
+    assert len(set(draws[0]) | set(draws[1])) == 16  # all new, numpy / random / torch
+    assert resumed[0] == draws[1]
 
 
 # --------------------------------------------------------------------------- 2. safe loading

@@ -8,7 +8,9 @@ the ``mmpretrain`` / ``mmseg`` / ``mmdet`` scopes):
 * ``BF16AutocastOptimWrapper`` (``OPTIM_WRAPPERS``): ``--amp`` on CPU;
 * ``DumpPredictions`` (``METRICS``): ``tools/test.py --out`` without logits;
 * ``SafeCheckpointHook`` (``HOOKS``): saves before deleting, atomic writes;
-* ``IterationSeedHook`` (``HOOKS``): random numbers per iteration, so resumed runs repeat.
+* ``IterationSeedHook`` (``HOOKS``): random numbers per iteration (and per epoch), so
+  resumed runs repeat;
+* ``seed_worker_from_loader`` (``FUNCTIONS``): data-loader workers seeded per epoch.
 """
 from .checkpointing import SafeCheckpointHook, find_resumable_checkpoint
 from .distributed import (CPUDistributedDataParallel, destroy_distributed,

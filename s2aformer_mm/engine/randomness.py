@@ -1,4 +1,4 @@
-"""Random numbers in the model that a resumed run reproduces.
+"""Random numbers that a resumed run reproduces, and fresh augmentation every epoch.
 
 mmengine's checkpoints hold no random-generator state. After ``--resume`` the
 process starts from the config's seed again, so drop path and dropout drew other
@@ -10,14 +10,39 @@ iterator, which draws from torch's generator.
 :class:`IterationSeedHook` seeds torch's generators (CPU and every CUDA device) at
 the start of every training iteration from ``(seed, iteration)``, so the model's
 random numbers are a function of the iteration alone. numpy and ``random`` are
-left alone: the data pipelines draw from them, in data-loader workers (seeded by
-mmengine when they start) or, with ``num_workers=0``, in this process, where
-mmengine's resume replays the skipped batches from the initial seed -- reseeding
+not reseeded per iteration: the data pipelines draw from them, in data-loader
+workers or, with ``num_workers=0``, in this process, where mmengine's resume of an
+iteration-based run replays the skipped batches from the initial seed -- reseeding
 them per iteration would break that replay.
+
+Epoch-based runs (classification, detection) resume at an epoch boundary without a
+replay, and their augmentation had two faults under mmengine's default
+``worker_init_fn``, which seeds a worker from ``(seed, rank, worker id)`` only:
+
+* non-persistent workers (mmpretrain's ImageNet loaders) start every epoch from the
+  same seeds, so epoch after epoch the k-th sample of a worker gets the same crop,
+  flip and RandAugment draws (only which image sits at position k changes);
+* persistent workers (mmdet's COCO loaders) continue one stream across epochs, which
+  a resumed run restarts from the beginning.
+
+So in epoch-based runs the hook also seeds torch, numpy and ``random`` at the start
+of every epoch from ``(seed, epoch)``, and :func:`apply_epoch_worker_seeds` makes the
+workers start every epoch (``persistent_workers=False``) with
+:func:`seed_worker_from_loader`, which seeds them from the loader's per-epoch seed.
+Every epoch's augmentation is then a function of ``(seed, epoch, rank)``: different
+in each epoch and the same after a resume.
 """
+import os
+import random
+
+import numpy as np
 import torch
 from mmengine.hooks import Hook
-from mmengine.registry import HOOKS
+from mmengine.logging import print_log
+from mmengine.registry import FUNCTIONS, HOOKS
+from mmengine.runner import EpochBasedTrainLoop
+
+_EPOCH_OFFSET = 2 ** 40   # keeps epoch seeds apart from iteration seeds of the same run
 
 
 def iteration_seed(seed: int, iteration: int) -> int:
@@ -26,22 +51,77 @@ def iteration_seed(seed: int, iteration: int) -> int:
     return (seed * 1_000_003 + iteration) % 2 ** 63
 
 
+def epoch_seed(seed: int, epoch: int) -> int:
+    """A 63-bit seed per (run seed, epoch), never equal to an :func:`iteration_seed`
+    of the same run below 2**40 iterations."""
+    return iteration_seed(seed, _EPOCH_OFFSET + epoch)
+
+
+def _seed_all(seed: int) -> None:
+    torch.manual_seed(seed)          # every device
+    np.random.seed(seed % 2 ** 32)   # numpy takes 32 bits
+    random.seed(seed)
+
+
 @HOOKS.register_module()
 class IterationSeedHook(Hook):
-    """Seed torch at every training iteration from ``(runner.seed, runner.iter)``
-    (the module docstring says why). ``runner.seed`` already includes the rank when
-    ``randomness.diff_rank_seed`` is set."""
+    """Seed torch at every training iteration from ``(runner.seed, runner.iter)``, and
+    in epoch-based loops torch, numpy and ``random`` at every epoch from
+    ``(runner.seed, runner.epoch)`` (the module docstring says why). ``runner.seed``
+    already includes the rank when ``randomness.diff_rank_seed`` is set."""
 
     priority = 'VERY_HIGH'   # before any hook that could draw
+
+    def before_train_epoch(self, runner) -> None:
+        # Before the epoch's loader iterator exists: its workers' seeds derive from this.
+        if isinstance(runner.train_loop, EpochBasedTrainLoop):
+            _seed_all(epoch_seed(runner.seed, runner.epoch))
 
     def before_train_iter(self, runner, batch_idx: int, data_batch=None) -> None:
         torch.manual_seed(iteration_seed(runner.seed, runner.iter))  # every device
 
 
+@FUNCTIONS.register_module()
+def seed_worker_from_loader(worker_id: int) -> None:
+    """``worker_init_fn`` that seeds numpy, ``random`` and torch in a data-loader worker
+    from the loader's own per-iterator seed (``torch.initial_seed()`` in the worker is
+    that seed plus ``worker_id``, drawn from the main process's generator when the
+    iterator starts) and the distributed rank. mmengine's default ignores the former."""
+    rank = (torch.distributed.get_rank() if torch.distributed.is_available()
+            and torch.distributed.is_initialized() else int(os.environ.get('RANK', 0)))
+    _seed_all(iteration_seed(torch.initial_seed(), rank))
+
+
+def _epoch_based(train_cfg) -> bool:
+    """Which loop mmengine's ``Runner.build_train_loop`` builds for ``train_cfg``."""
+    loop = (train_cfg or {}).get('type')
+    if loop is not None:
+        return loop in ('EpochBasedTrainLoop', 'mmengine.EpochBasedTrainLoop')
+    return bool((train_cfg or {}).get('by_epoch', False))
+
+
+def apply_epoch_worker_seeds(cfg) -> None:
+    """In epoch-based runs, start the training loader's workers every epoch, seeded
+    by :func:`seed_worker_from_loader`; a config's own ``worker_init_fn`` is kept."""
+    loader = cfg.get('train_dataloader')
+    if (not loader or not _epoch_based(cfg.get('train_cfg'))
+            or not loader.get('num_workers') or loader.get('worker_init_fn')):
+        return
+    loader.worker_init_fn = dict(type='seed_worker_from_loader')
+    if loader.get('persistent_workers'):
+        loader.persistent_workers = False
+        print_log('Epoch-based training: the train loader workers restart every epoch '
+                  '(persistent_workers=False), seeded from (seed, epoch, rank), so each '
+                  "epoch draws new augmentations and a resumed run repeats the original's.",
+                  logger='current')
+
+
 def apply_iteration_seed(cfg) -> None:
-    """Add :class:`IterationSeedHook` to ``custom_hooks`` unless it is there."""
+    """Add :class:`IterationSeedHook` to ``custom_hooks`` unless it is there, and
+    :func:`apply_epoch_worker_seeds`."""
     hooks = list(cfg.get('custom_hooks') or [])
     if not any(h.get('type') in ('IterationSeedHook', 'mmengine.IterationSeedHook')
                for h in hooks):
         hooks.append(dict(type='IterationSeedHook'))
     cfg.custom_hooks = hooks
+    apply_epoch_worker_seeds(cfg)
