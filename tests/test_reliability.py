@@ -340,7 +340,7 @@ def test_epoch_based_loaders_draw_new_augmentations_every_epoch():
     from mmengine.registry import DATASETS, DefaultScope
     from mmengine.runner import EpochBasedTrainLoop, Runner
 
-    from s2aformer_mm.engine.randomness import IterationSeedHook, apply_iteration_seed
+    from s2aformer_mm.engine.randomness import IterationSeedHook, apply_seeding
     DATASETS.register_module('_RandomDraws', module=_RandomDraws, force=True)
     loader = dict(batch_size=1, num_workers=2, persistent_workers=True,
                   dataset=dict(type='_RandomDraws'), collate_fn=dict(type='default_collate'),
@@ -348,7 +348,7 @@ def test_epoch_based_loaders_draw_new_augmentations_every_epoch():
     cfg = Config(dict(train_cfg=dict(by_epoch=True, max_epochs=2), train_dataloader=loader))
     stock = copy.deepcopy(cfg.train_dataloader)
     stock.persistent_workers = False  # as mmpretrain's ImageNet base config
-    apply_iteration_seed(cfg)
+    apply_seeding(cfg)
     assert cfg.train_dataloader.persistent_workers is False
     hook = IterationSeedHook()
     runner = SimpleNamespace(seed=0, train_loop=EpochBasedTrainLoop.__new__(EpochBasedTrainLoop))

@@ -28,7 +28,7 @@ from .checkpointing import (apply_checkpoint_defaults, find_resumable_checkpoint
                             remove_stale_temp_files)
 from .compiling import compile_model, take_compile_option
 from .distributed import LAUNCHERS, destroy_distributed, init_distributed
-from .randomness import apply_iteration_seed
+from .randomness import apply_seeding
 from .tta import apply_tta
 
 #: scope -> argument of tools/data/generate_demo_data.py, for error messages
@@ -289,7 +289,7 @@ def run_train(args: argparse.Namespace) -> Runner:
     check_data_dirs(cfg, ['train_dataloader'] + (['val_dataloader'] if cfg.get('val_cfg') else []))
     check_pretrained(cfg)
     apply_checkpoint_defaults(cfg)
-    apply_iteration_seed(cfg)
+    apply_seeding(cfg)
     apply_cpu_memory_defaults(cfg)
     apply_amp(cfg, args.amp)
     if args.auto_scale_lr:

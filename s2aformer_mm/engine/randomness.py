@@ -116,7 +116,7 @@ def apply_epoch_worker_seeds(cfg) -> None:
                   logger='current')
 
 
-def apply_iteration_seed(cfg) -> None:
+def apply_seeding(cfg) -> None:
     """Add :class:`IterationSeedHook` to ``custom_hooks`` unless it is there, and
     :func:`apply_epoch_worker_seeds`."""
     hooks = list(cfg.get('custom_hooks') or [])
