@@ -590,6 +590,9 @@ def test_two_process_ddp_matches_one_process_same_global_batch(data, tmp_path):
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-6000:]
     assert 'GPU number: 2' in out
+    # Notes logged before the Runner's rank-aware logger exists: once, not once per rank.
+    assert out.count('CPU allocator (train)') == 1, out[-6000:]
+    assert out.count('gradient checkpointing enabled') == 1, out[-6000:]
     rank0, rank1 = _rank_losses(two, 0), _rank_losses(two, 1)
     assert sorted(single) == sorted(rank0) == sorted(rank1) == list(range(1, DDP_ITERS + 1))
     for i in single:

@@ -41,6 +41,12 @@ def _env_from_scheduler(launcher: str) -> None:
     os.environ.setdefault('MASTER_PORT', '29500')
 
 
+def launch_rank(launcher: str) -> int:
+    """The rank ``launcher`` gives this process, known before the process group exists."""
+    var = dict(pytorch='RANK', slurm='SLURM_PROCID', mpi='OMPI_COMM_WORLD_RANK').get(launcher)
+    return int(os.environ.get(var, 0)) if var else 0
+
+
 def init_distributed(launcher: str, backend: str = None, timeout: int = 1800) -> str:
     """Initialise the default process group for ``launcher``; return the backend.
 

@@ -9,6 +9,7 @@ import argparse
 import copy
 import glob
 import json
+import logging
 import os
 import os.path as osp
 from typing import Iterator, List, Optional, Tuple
@@ -16,7 +17,7 @@ from typing import Iterator, List, Optional, Tuple
 import torch
 from mmengine.config import Config, ConfigDict, DictAction
 from mmengine.dist import get_dist_info
-from mmengine.logging import print_log
+from mmengine.logging import MMLogger, print_log
 from mmengine.model import BaseTTAModel, is_model_wrapper
 from mmengine.registry import RUNNERS, init_default_scope
 from mmengine.runner import Runner
@@ -27,7 +28,7 @@ from ..runtime import tune_cpu_allocator
 from .checkpointing import (apply_checkpoint_defaults, find_resumable_checkpoint,
                             remove_stale_temp_files)
 from .compiling import compile_model, take_compile_option
-from .distributed import LAUNCHERS, destroy_distributed, init_distributed
+from .distributed import LAUNCHERS, destroy_distributed, init_distributed, launch_rank
 from .randomness import apply_seeding
 from .tta import apply_tta
 
@@ -113,11 +114,22 @@ def load_config(args: argparse.Namespace) -> Tuple[Config, str]:
     require(scope)
     init_default_scope(scope)
     cfg.launcher = args.launcher
+    quiet_other_ranks(args.launcher)
     os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
     cfg.work_dir = osp.abspath(
         args.work_dir or cfg.get('work_dir')
         or osp.join('work_dirs', osp.splitext(osp.basename(args.config))[0]))
     return cfg, scope
+
+
+def quiet_other_ranks(launcher: str) -> None:
+    """Notes logged before the Runner exists go to mmengine's default logger, which
+    cannot know the rank yet: on ranks other than 0 let only errors through (the
+    Runner's own logger does the same), so an 8-process job prints each note once."""
+    if launch_rank(launcher) != 0:
+        for handler in MMLogger.get_current_instance().handlers:
+            if not isinstance(handler, logging.FileHandler):
+                handler.setLevel(logging.ERROR)
 
 
 def setup_distributed(cfg: Config) -> None:
@@ -282,8 +294,8 @@ def _build_runner(cfg: Config) -> Runner:
 
 
 def run_train(args: argparse.Namespace) -> Runner:
-    apply_cpu_runtime('train')
     cfg, scope = load_config(args)
+    apply_cpu_runtime('train')
     if args.no_validate:  # mmengine builds a val loop only when all three are set
         cfg.val_cfg = cfg.val_dataloader = cfg.val_evaluator = None
     check_data_dirs(cfg, ['train_dataloader'] + (['val_dataloader'] if cfg.get('val_cfg') else []))
@@ -335,8 +347,8 @@ def run_train(args: argparse.Namespace) -> Runner:
 
 
 def run_test(args: argparse.Namespace) -> dict:
-    apply_cpu_runtime('inference')
     cfg, scope = load_config(args)
+    apply_cpu_runtime('inference')
     check_data_dirs(cfg, ['test_dataloader'])
     if not osp.isfile(args.checkpoint) and '://' not in args.checkpoint:
         raise InputNotFoundError(f'Checkpoint {args.checkpoint!r} does not exist.')
