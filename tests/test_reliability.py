@@ -231,6 +231,47 @@ def test_checkpointed_random_layers_found(with_cp, drop_path, expected):
     assert len(found) == expected and all(n.endswith('.drop_path') for n in found), found
 
 
+class _ModeLinear(torch.nn.Linear):
+    """Reads ``training`` (as dropout and BN do), so a compiled call in eval recompiles."""
+
+    def forward(self, x):
+        return super().forward(x) if self.training else super().forward(x)
+
+
+def test_compiled_forward_is_eager_in_eval_and_not_shared_by_deep_copies():
+    """compile_model on a toy model: only children with parameters (not the data
+    preprocessor), compiled while training; a deep copy (what EMAHook makes) computes
+    with its own weights, not through the original's compiled forward."""
+    from types import SimpleNamespace
+
+    from s2aformer_mm.engine.compiling import CompiledWhileTraining, compile_model
+    model = torch.nn.Module()
+    model.data_preprocessor, model.backbone = torch.nn.Linear(2, 2), _ModeLinear(2, 2)
+    model.act = torch.nn.ReLU()
+    graphs = []
+
+    def backend(gm, example_inputs):  # counts what dynamo compiles, runs it as traced
+        graphs.append(gm)
+        return gm.forward
+
+    compile_model(SimpleNamespace(model=model), dict(backend=backend))
+    assert isinstance(model.backbone.forward, CompiledWhileTraining)
+    assert 'forward' not in vars(model.data_preprocessor) and 'forward' not in vars(model.act)
+    x = torch.randn(3, 2)
+    with torch.no_grad():
+        expected = model.backbone.weight @ x.t()
+        assert torch.allclose(model.backbone(x).t() - model.backbone.bias[:, None], expected)
+        assert len(graphs) == 1
+        model.eval()
+        assert torch.allclose(model.backbone(x).t() - model.backbone.bias[:, None], expected)
+        assert len(graphs) == 1  # eval: eager, nothing compiled
+        model.train()
+        twin = copy.deepcopy(model)
+        twin.backbone.weight.mul_(2)
+        assert torch.allclose(twin.backbone(x).t() - twin.backbone.bias[:, None], 2 * expected)
+        assert torch.allclose(model.backbone(x).t() - model.backbone.bias[:, None], expected)
+
+
 def test_compile_option_trains_like_eager_to_lr_zero(data, tmp_path):
     """``compile`` in a config: mmengine compiles ``train_step`` with the optimizer step,
     and a compiled AdamW step at ``lr == 0`` (PolyLR with ``eta_min=0``, the ADE20K

@@ -5,6 +5,7 @@ and compiles the model's training forward only (:func:`compile_model`); why, and
 the torch 2.14.1 behaviour :func:`check_compile_backend` guards against, is in
 ``docs/deployment.md`` section 4.
 """
+import copy
 from typing import List, Optional
 
 import torch
@@ -60,7 +61,7 @@ def compile_model(runner: Runner, options: Optional[dict]) -> None:
     for name, module in model.named_children():
         if name == 'data_preprocessor' or next(module.parameters(), None) is None:
             continue
-        module.forward = _compiled_while_training(model, module.forward, options)
+        module.forward = CompiledWhileTraining(module, options)
         names.append(name)
     print_log(f'torch.compile({options or ""}) applied to the training forward of '
               f'{", ".join(names)} in {type(model).__name__} (the losses and the optimizer '
@@ -68,13 +69,24 @@ def compile_model(runner: Runner, options: Optional[dict]) -> None:
               logger='current')
 
 
-def _compiled_while_training(model: torch.nn.Module, forward, options: dict):
-    compiled = torch.compile(forward, **options)
+class CompiledWhileTraining:
+    """A module's ``forward``, compiled in training mode and eager otherwise.
 
-    def run(*args, **kwargs):
-        return (compiled if model.training else forward)(*args, **kwargs)
+    A deep copy of the module (an EMA copy, say) gets its own eager ``forward`` back;
+    a copied closure would have kept calling the original module with its weights.
+    """
 
-    return run
+    def __init__(self, module: torch.nn.Module, options: dict):
+        self.module, self.eager = module, module.forward
+        self.compiled = torch.compile(module.forward, **options)
+
+    def __call__(self, *args, **kwargs):
+        return (self.compiled if self.module.training else self.eager)(*args, **kwargs)
+
+    def __deepcopy__(self, memo):
+        # copy.deepcopy registers the new module before copying its attributes.
+        copied = memo.get(id(self.module)) or copy.deepcopy(self.module, memo)
+        return type(copied).forward.__get__(copied)
 
 
 def _checkpointed_random_layers(model: torch.nn.Module) -> List[str]:
