@@ -231,6 +231,17 @@ def test_dist_train_two_cpu_processes(data, tmp_path):
     assert 'GPU number: 2' in out  # the Runner's world size
     assert (tmp_path / 'iter_2.pth').is_file()
 
+    # dist_test.sh: 2 processes evaluate the 4 test images; mmengine's visualizers draw on
+    # rank 0 only, which the tools say up front.
+    _, out = run(['bash', 'tools/dist_test.sh', SEG_CFG, tmp_path / 'iter_2.pth', '2',
+                  '--work-dir', tmp_path / 'test', '--show-dir', tmp_path / 'show',
+                  '--out', tmp_path / 'preds.pkl', '--cfg-options', *opts])
+    assert 0 <= test_metrics(out)['mIoU'] <= 100
+    assert len(pickle.loads((tmp_path / 'preds.pkl').read_bytes())) == 4  # all ranks' images
+    assert out.count("--show/--show-dir with 2 processes: the libraries' visualizers draw on "
+                     'rank 0 only') == 1, out[-3000:]
+    assert len(list((tmp_path / 'show').rglob('*.png'))) == 2
+
 
 # --------------------------------------------------------------------------- detection
 def det_opts(data, extra=()):

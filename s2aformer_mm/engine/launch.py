@@ -367,6 +367,12 @@ def run_test(args: argparse.Namespace) -> dict:
         cfg.test_evaluator = (list(evaluators) if isinstance(evaluators, (list, tuple))
                               else [evaluators]) + [dump]
     setup_distributed(cfg)
+    world = get_dist_info()[1]
+    if (args.show or args.show_dir) and world > 1:
+        print_log(f"--show/--show-dir with {world} processes: the libraries' visualizers draw "
+                  f"on rank 0 only, so pictures cover rank 0's share of the test set (about "
+                  f'1/{world}). Run tools/test.py in one process to draw every image.',
+                  logger='current', level=logging.WARNING)
     runner = None
     try:
         runner = _build_runner(cfg)
