@@ -91,6 +91,13 @@ def seg_opts(data, iters=SEG_ITERS, ckpt=SEG_CKPT, extra=()):
             f'default_hooks.checkpoint.interval={ckpt}', *extra]
 
 
+def cls_opts(data, extra=()):
+    """Classifier mini on 8 images, batch 4, 64x64 crops: 2 epochs of 2 iterations, no val."""
+    return [*loader_opts(data / 'imagenet', batch=4), *DETERMINISTIC,
+            'train_dataloader.dataset.pipeline.1.scale=64',  # RandomResizedCrop 224 -> 64
+            'train_cfg.max_epochs=2', 'train_cfg.val_interval=100', *extra]
+
+
 def scalars(work):
     """One list of scalar records (vis_data/scalars.json) per run in ``work``, oldest first."""
     runs = sorted(Path(work).glob('2*/vis_data/scalars.json'))
@@ -308,10 +315,7 @@ def test_compile_option_trains_like_eager_to_lr_zero(data, tmp_path):
 
 
 def test_classification_runs_with_same_seed_are_identical(data, tmp_path):
-    opts = [*loader_opts(data / 'imagenet', batch=4), *DETERMINISTIC,
-            'train_dataloader.dataset.pipeline.1.scale=64',  # RandomResizedCrop 224 -> 64
-            'train_cfg.max_epochs=2', 'train_cfg.val_interval=100',  # 4 iterations, no val
-            'default_hooks.checkpoint.interval=100']
+    opts = cls_opts(data, ['default_hooks.checkpoint.interval=100'])
     runs = []
     for name in ('a', 'b'):
         tool('train', CLS_CFG, '--work-dir', tmp_path / name, '--cfg-options', *opts)
@@ -347,12 +351,9 @@ def test_epoch_based_resume_matches_uninterrupted(data, tmp_path, workers):
     """Classification (epoch-based): resumed from epoch_1.pth, epoch 2 repeats the
     uninterrupted run bit for bit: augmentation drawn in this process (0 workers) or in
     workers (2, persistent as mmdet's COCO loaders, which the tools restart per epoch)."""
-    opts = [*loader_opts(data / 'imagenet', batch=4), *DETERMINISTIC,
-            'train_dataloader.dataset.pipeline.1.scale=64',  # RandomResizedCrop 224 -> 64
-            f'train_dataloader.num_workers={workers}',
-            f'train_dataloader.persistent_workers={bool(workers)}',
-            'model.backbone.drop_path_rate=0.1',
-            'train_cfg.max_epochs=2', 'train_cfg.val_interval=100']  # 2 x 2 iterations
+    opts = cls_opts(data, [f'train_dataloader.num_workers={workers}',
+                           f'train_dataloader.persistent_workers={bool(workers)}',
+                           'model.backbone.drop_path_rate=0.1'])
     _, out = tool('train', CLS_CFG, '--work-dir', tmp_path / 'a', '--cfg-options', *opts)
     assert ('workers restart every epoch' in out) == bool(workers), out[-3000:]
     _, out = tool('train', CLS_CFG, '--work-dir', tmp_path / 'b', '--resume',

@@ -1,7 +1,8 @@
 """mmengine's ``compile`` option, applied the way that trains correctly.
 
 ``tools/train.py`` takes the option out of the config (:func:`take_compile_option`)
-and compiles the model's training forward only (:func:`compile_model`); why, and
+and compiles the networks' training forward only, not the losses or the optimizer
+step (:func:`compile_model`); why, and
 the torch 2.14.1 behaviour :func:`check_compile_backend` guards against, is in
 ``docs/deployment.md`` section 4.
 """
