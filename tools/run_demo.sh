@@ -29,14 +29,35 @@ DATA_OPTS=(train_dataloader.dataset.data_root="$ROOT" val_dataloader.dataset.dat
 t0=$SECONDS
 say() { printf '\n[demo %4ds] %s\n' "$((SECONDS - t0))" "$*"; }
 
-if [ ! -f "$ROOT/annotations/validation/ADE_val_00000060.png" ]; then
-  say "generating ADE20K-format demo data in $ROOT (200 train / 60 val images, 128x128)"
-  rm -rf "$ROOT"
-  "$PY" tools/data/generate_demo_data.py ade20k --root "$ROOT" --num-train 200 --num-val 60 --size 128
-else
+# Only ever delete what this script wrote: DEMO_ROOT / DEMO_WORK_DIR may point anywhere.
+if [ -f "$ROOT/annotations/validation/ADE_val_00000060.png" ]; then
   say "demo data already in $ROOT"
+elif [ -n "$(ls -A "$ROOT" 2>/dev/null)" ]; then
+  echo "[demo] ERROR: DEMO_ROOT=$ROOT is not empty and holds no complete demo data set;" \
+       "point DEMO_ROOT at a new or empty directory (nothing was deleted)." >&2
+  exit 1
+else
+  say "generating ADE20K-format demo data in $ROOT (200 train / 60 val images, 128x128)"
+  # Written next to ROOT and renamed when complete, so an interrupted run leaves no half set.
+  mkdir -p "$(dirname "$ROOT")"
+  TMP_ROOT="$(mktemp -d "$(dirname "$ROOT")/.demo-data.XXXXXX")"
+  trap 'rm -rf "$TMP_ROOT"' EXIT
+  "$PY" tools/data/generate_demo_data.py ade20k --root "$TMP_ROOT/ade20k" --num-train 200 \
+    --num-val 60 --size 128
+  rmdir "$ROOT" 2>/dev/null || true
+  mv "$TMP_ROOT/ade20k" "$ROOT"
 fi
-rm -rf "$WORK"
+# The demo's outputs; a rerun replaces them and refuses a work dir holding anything else.
+OUTPUTS=(train untrained.pth untrained.log test_untrained test_trained predictions)
+for entry in $(ls -A "$WORK" 2>/dev/null); do
+  case " ${OUTPUTS[*]} " in
+    *" $entry "*) ;;
+    *) echo "[demo] ERROR: DEMO_WORK_DIR=$WORK holds '$entry', which the demo did not write;" \
+            "point DEMO_WORK_DIR at a new or empty directory (nothing was deleted)." >&2
+       exit 1 ;;
+  esac
+done
+for entry in "${OUTPUTS[@]}"; do rm -rf "${WORK:?}/$entry"; done
 mkdir -p "$WORK"
 
 say "training Semantic FPN + S2AFormer-mini from scratch: $ITERS iterations, 2 processes x 8 images"
