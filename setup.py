@@ -5,7 +5,7 @@ setup(
     version='0.1.0',
     description='S2AFormer (Strip Self-Attention) backbone for mmpretrain, mmsegmentation and mmdetection',
     packages=find_packages(include=['s2aformer_mm', 's2aformer_mm.*']),
-    python_requires='>=3.9',
+    python_requires='>=3.10',
     # the torch bound is s2aformer_mm.compat.TORCH_MIN (tests/test_compat.py checks they agree)
     install_requires=['mmengine>=0.10.4,<1.0', 'torch>=2.12'],
     extras_require={

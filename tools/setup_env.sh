@@ -33,11 +33,12 @@ die()  { printf '\n[setup] ERROR: %s\n' "$*" >&2; exit 1; }
 pipq() { "$VENV/bin/python" -m pip --disable-pip-version-check -q "$@"; }
 
 # ---------------------------------------------------------------- preconditions
-command -v "$PY_BOOT" >/dev/null || die "no '$PY_BOOT' on PATH. Install Python 3.9-3.11 or set S2A_PYTHON=/path/to/python3."
+command -v "$PY_BOOT" >/dev/null || die "no '$PY_BOOT' on PATH. Install Python 3.10 or 3.11 or set S2A_PYTHON=/path/to/python3."
 pyver=$("$PY_BOOT" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
 case "$pyver" in
-  3.9|3.10|3.11) ;;
-  *) die "Python $pyver is not supported: mmcv 2.1.0 / mmdet 3.3.0 are tested on 3.9-3.11. Set S2A_PYTHON to a 3.9-3.11 interpreter." ;;
+  3.10|3.11) ;;
+  3.9) die "Python 3.9 is not supported: PyPI has no torch >= 2.12 for it (its last torch is 2.8). Set S2A_PYTHON to a 3.10 or 3.11 interpreter." ;;
+  *) die "Python $pyver is not supported: mmcv 2.1.0 / mmdet 3.3.0 are tested up to 3.11. Set S2A_PYTHON to a 3.10 or 3.11 interpreter." ;;
 esac
 command -v g++ >/dev/null || die "no C++ compiler (g++): mmcv's ops are compiled from source. Install one, e.g. 'apt-get install -y build-essential'."
 
