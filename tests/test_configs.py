@@ -5,6 +5,7 @@ config is covered automatically; a new dense (mmseg/mmdet) config must also be
 given expected parameter counts, here or in ``DENSE_REFERENCE``.
 """
 import importlib
+import re
 import runpy
 from pathlib import Path
 
@@ -123,8 +124,8 @@ def _drop_lim(model):
         block.lim, block.norm2 = Zero(), torch.nn.Identity()
 
 
-def test_retinanet_flops_with_and_without_lim():
-    name = 'retinanet_s2aformer_mini_fpn_1x_coco'
+@pytest.mark.parametrize('name', sorted(DENSE_NO_LIM_REFERENCE))
+def test_retinanet_flops_with_and_without_lim(name):
     ref, no_lim = DENSE_REFERENCE[name], DENSE_NO_LIM_REFERENCE[name]
     cfg = Config.fromfile(str(_path('mmdet', name)))
     from mmdet.registry import MODELS
@@ -206,29 +207,35 @@ def test_downstream_inherits_shipped_config_by_absolute_path(tmp_path):
     assert cfg.model.backbone.out_indices == (0, 1, 2, 3)  # inherited, not lost
 
 
-def test_downstream_builds_from_backbone_only_base(tmp_path):
-    """A new task config = a backbone-only base (by path) + library bases."""
-    backbone_base = CONFIG_DIR / '_base_' / 'models' / 's2aformer_t.py'
-    child = tmp_path / 'my_upernet.py'
-    child.write_text(
-        f"_base_ = ['mmseg::_base_/models/upernet_r50.py', 'mmseg::_base_/default_runtime.py',\n"
-        f"          {str(backbone_base)!r}]\n"
-        "norm_cfg = dict(type='BN', requires_grad=True)\n"
-        "model = dict(pretrained=None,\n"
-        "             backbone=dict(_delete_=True, **_base_.s2aformer_backbone,\n"
-        "                           out_indices=(0, 1, 2, 3), out_norm=True),\n"
-        "             decode_head=dict(in_channels=_base_.s2aformer_channels, num_classes=7,\n"
-        "                              norm_cfg=norm_cfg),\n"
-        "             auxiliary_head=dict(in_channels=_base_.s2aformer_channels[2],\n"
-        "                                 num_classes=7, norm_cfg=norm_cfg))\n")
+def _readme_downstream_snippets():
+    """The README's downstream config examples, pointed at this checkout."""
+    blocks = re.findall(r'```python\n(.*?)```', (ROOT / 'README.md').read_text(), re.S)
+    found = [b.replace('/path/to/s2aformer-mm', str(ROOT))
+             for b in blocks if '/path/to/s2aformer-mm' in b]
+    assert len(found) == 2, 'README: expected a whole-config and a backbone-only example'
+    return found
+
+
+@pytest.mark.parametrize('which', ['whole_config', 'backbone_only'])
+def test_readme_downstream_examples_build_and_run(tmp_path, which):
+    """The README's two downstream configs, exactly as written, build and run."""
+    snippet = _readme_downstream_snippets()[which == 'backbone_only']
+    child = tmp_path / 'downstream.py'
+    child.write_text(snippet)
     cfg, model = _build(child)
-    assert 'SyncBN' not in cfg.pretty_text
     assert isinstance(model.backbone, S2AFormer)
-    assert model.backbone.arch_settings['depths'] == [2, 2, 6, 2]
     model.eval()
     with torch.no_grad():
         out = model(torch.randn(1, 3, 64, 64), mode='tensor')
-    assert out.shape == (1, 7, 16, 16)
+    if which == 'whole_config':
+        assert model.decode_head.num_classes == 19
+        assert model.backbone.arch_settings['channels'] == [48, 64, 128, 256]   # S
+        assert out.shape == (1, 19, 16, 16)
+    else:   # UPerNet from mmseg's ResNet base, S2AFormer-T with its ImageNet init
+        assert model.backbone.arch_settings['depths'] == [2, 2, 6, 2]
+        assert model.auxiliary_head.in_channels == 128
+        assert cfg.model.backbone.init_cfg.checkpoint == 'checkpoints/s2aformer_t_in1k.pth'
+        assert out.shape == (1, model.decode_head.num_classes, 16, 16)   # the base's 19
 
 
 def test_get_flops_tool(capsys):

@@ -28,7 +28,7 @@ model = dict(
 # The paper lists RandomResizedCrop, flip and RandAugment (timm's
 # rand-m9-mstd0.5-inc1, as EdgeNeXt), but not the base's RandomErasing.
 # RandAugment's 'timm_increasing' policies have no hue op (mmcv's adjust_hue
-# overflows under numpy 2; see notes/compat.md).
+# overflows uint8 under numpy 2).
 train_pipeline = [
     dict(type='LoadImageFromFile'),
     dict(type='RandomResizedCrop', scale=224, backend='pillow', interpolation='bicubic'),

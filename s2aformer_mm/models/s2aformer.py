@@ -1,9 +1,8 @@
 """S2AFormer: Strip Self-Attention vision transformer backbone.
 
-Paper: "S2AFormer: Strip Self-Attention for Efficient Vision Transformer" (see
-``shared/paper``). No official code exists; the layer list follows
-``shared/design/ARCHITECTURE.md``, which was fitted to every count the paper
-publishes (Tables II-VIII). Equation numbers below refer to the paper.
+Paper: "S2AFormer: Strip Self-Attention for Efficient Vision Transformer" (Xu et
+al.). No official code exists; the layer list follows ``docs/architecture.md``,
+which was fitted to every count the paper publishes (Tables II-VIII). Equation numbers below refer to the paper.
 
 The module depends on torch, mmengine and mmcv only, so it is shared unchanged by
 the mmpretrain, mmsegmentation and mmdetection registrations in
