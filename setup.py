@@ -11,6 +11,9 @@ setup(
     extras_require={
         'all': ['mmcv==2.1.0', 'mmpretrain==1.2.0', 'mmsegmentation==1.2.2', 'mmdet==3.3.0',
                 'ftfy', 'regex', 'pycocotools>=2.0.8'],
+        # tools/deployment (ONNX export and ONNX Runtime); timm only for the benchmark's peers
+        'deploy': ['onnx>=1.16', 'onnxruntime>=1.18', 'onnxscript'],
+        'benchmark': ['timm'],
         'tests': ['pytest'],
     },
 )
