@@ -23,7 +23,7 @@ import torch
 from mmengine.analysis import FlopAnalyzer
 from mmengine.analysis.jit_handles import get_shape, matmul_flop_jit
 
-#: Paper figures (ARCHITECTURE.md / Table II): classifier params (M), backbone
+#: Paper figures (docs/architecture.md / Table II): classifier params (M), backbone
 #: params (M), GMACs@224 in the paper's convention.
 PAPER = {
     'mini': dict(params=5.02, backbone=2.125, gmacs=0.43),
@@ -32,7 +32,7 @@ PAPER = {
     's': dict(params=10.69, backbone=7.796, gmacs=1.38),
     'm': dict(params=24.87, backbone=21.654, gmacs=4.12),
 }
-#: Exact figures of the fitted network (ARCHITECTURE.md) the tests compare with.
+#: Exact figures of the fitted network (docs/architecture.md) the tests compare with.
 REFERENCE = {
     'mini': dict(params=5.018, backbone=2.125, gmacs_paper=0.430, gmacs_honest=0.440),
     't': dict(params=5.802, backbone=2.908, gmacs_paper=0.654, gmacs_honest=0.670),
@@ -123,7 +123,7 @@ def describe(value: float, reference: float, tol: float) -> Tuple[str, bool]:
 # ----------------------------------------------------------------------------
 # Full dense models (Semantic FPN, RetinaNet, Mask R-CNN)
 # ----------------------------------------------------------------------------
-#: Full dense models, ARCHITECTURE.md (paper Tables IV and VI): params (M) and
+#: Full dense models, docs/architecture.md (paper Tables IV and VI): params (M) and
 #: GFLOPs in the mmcv convention (:func:`count_macs_mmcv`) at ``shape`` (H, W),
 #: keyed by config name (``configs/mm*/<name>.py``). ``unit`` is the precision
 #: the figures are stated to (see :func:`within_reference`); ``paper`` holds the

@@ -1,4 +1,7 @@
-"""Counting parity with ARCHITECTURE.md / paper Table II."""
+"""Counting parity with docs/architecture.md / paper Table II."""
+import runpy
+from pathlib import Path
+
 import pytest
 import torch
 from mmengine.registry import DefaultScope
@@ -7,6 +10,9 @@ from s2aformer_mm import S2AFormer
 from s2aformer_mm.complexity import (PAPER, REFERENCE, backbone_macs, count_macs,
                                      count_params, rel_err)
 from s2aformer_mm.models.s2aformer import StripSelfAttention
+
+GET_FLOPS = Path(__file__).resolve().parents[1] / 'tools' / 'analysis' / 'get_flops.py'
+FPN_MINI = str(GET_FLOPS.parents[2] / 'configs' / 'mmseg' / 'fpn_s2aformer_mini_ade20k.py')
 
 
 def _classifier(arch):
@@ -53,3 +59,17 @@ def test_attention_macs_counted_in_both_implementations():
     assert counts[True]['honest'] == counts[False]['honest']
     # SSA has no element-wise op in the fused path: paper = honest - the two matmuls.
     assert counts[True]['honest'] - counts[True]['paper'] == n * ns * (1 + 32)
+
+
+def test_get_flops_cli_messages(capsys):
+    """Help states the default shapes; --shape below 32 is a usage error (the labels and
+    the reference line: tests/test_configs.py::test_get_flops_tool)."""
+    tool = runpy.run_path(str(GET_FLOPS))
+    with pytest.raises(SystemExit):
+        tool['parse_args'](['--help'])
+    usage = capsys.readouterr().out
+    assert '512 512 for mmseg' in usage and 'see above' not in usage
+    with pytest.raises(SystemExit) as exc:
+        tool['main']([FPN_MINI, '--shape', '16', '16'])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and '--shape 16 16' in err and 'at least 32x32' in err, err

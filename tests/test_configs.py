@@ -243,10 +243,10 @@ def test_get_flops_tool(capsys):
     tool['main']([str(_path('mmseg', 'fpn_s2aformer_mini_ade20k')), '--conventions', 'mmcv'])
     out = capsys.readouterr().out
     assert 'input 1x3x512x512' in out
-    assert '6.253 M' in out and 'paper-dense' in out
-    assert '[ok], 23.3 GMACs mmcv [ok]' in out
+    assert '6.253 M' in out and 'mmcv   (paper Tables IV/VI/VII' in out
+    assert "[ok], 23.3 GMACs ('mmcv' convention) [ok]" in out
     tool['main']([str(_path('mmpretrain', 's2aformer_mini_4xb256_in1k')), '--shape', '64', '96',
                   '--cfg-options', 'model.head.num_classes=10'])
     out = capsys.readouterr().out
-    assert 'input 1x3x64x96' in out and 'honest' in out and 'paper-cls' in out
+    assert 'input 1x3x64x96' in out and 'honest' in out and 'paper  (paper Tables II/III' in out
     assert 'reference' not in out  # modified config: no published figure applies

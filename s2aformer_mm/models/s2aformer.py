@@ -749,7 +749,7 @@ class S2AFormer(BaseModule):
                 f'{tuple(x.shape)}. Convert the image (e.g. grayscale -> RGB) or set in_channels.')
         if min(x.shape[-2:]) < MIN_INPUT_SIZE:
             raise ValueError(
-                f'Input {tuple(x.shape[-2:])} is smaller than {MIN_INPUT_SIZE}x{MIN_INPUT_SIZE}, the '
+                f'Input {tuple(int(s) for s in x.shape[-2:])} is smaller than {MIN_INPUT_SIZE}x{MIN_INPUT_SIZE}, the '
                 f'network\'s total stride; resize or pad the image to at least {MIN_INPUT_SIZE} pixels.')
         # Channels-last makes the LayerNorm permutes free and speeds up CPU convs.
         x = self.stem(x.contiguous(memory_format=torch.channels_last))

@@ -9,18 +9,22 @@ Default input (H W): 224 224 for classification, 512 512 for segmentation,
 counted on the proposals their untrained RPN produces for a random image, so
 their RoI-head share is indicative only (the paper publishes no Mask R-CNN FLOPs).
 
-MACs are printed in three conventions (1 MAC = one multiply-add, what the paper
-and OpenMMLab tools call a FLOP):
+MACs are printed in three conventions (``--conventions``; 1 MAC = one
+multiply-add, what the paper and OpenMMLab tools call a FLOP):
 
 * honest -- fvcore-style tracing (mmengine ``FlopAnalyzer``) with the attention
   matmuls counted;
-* paper-cls -- the convention of the paper's Tables II/III: the same without
-  the two attention matmuls, plus element-wise ops;
-* paper-dense -- mmcv 1.x ``get_model_complexity_info`` (module hooks, no
-  functional ops): the convention of the paper's dense Tables IV/VI/VII.
+* paper -- the convention of the paper's classification Tables II/III: the same
+  without the two attention matmuls, plus element-wise ops;
+* mmcv -- mmcv 1.x ``get_model_complexity_info`` (module hooks, no functional
+  ops): the convention of the paper's dense Tables IV/VI/VII.
+
+Unmodified configs are checked against the published figures (docs/architecture.md).
 
     python tools/analysis/get_flops.py configs/mmseg/fpn_s2aformer_s_ade20k.py
-    python tools/analysis/get_flops.py CONFIG --shape 640 640 --cfg-options model.backbone.arch=t
+    # another variant in a dense config: the neck's in_channels must be its stage widths
+    python tools/analysis/get_flops.py configs/mmseg/fpn_s2aformer_mini_ade20k.py \
+        --shape 640 640 --cfg-options model.backbone.arch=t "model.neck.in_channels=[48,64,128,256]"
 """
 import argparse
 import importlib
@@ -33,25 +37,34 @@ from mmengine.registry import init_default_scope
 import s2aformer_mm
 from s2aformer_mm.complexity import (DENSE_REFERENCE, REFERENCE, model_complexity,
                                      within_reference)
+from s2aformer_mm.models.s2aformer import MIN_INPUT_SIZE
 
 DEFAULT_SHAPES = {'mmpretrain': (224, 224), 'mmseg': (512, 512), 'mmdet': (800, 1280)}
 CONVENTIONS = {
     'honest': 'honest (fvcore, attention matmuls counted)',
-    'paper': 'paper-cls (Tables II/III: no attention matmuls, + element-wise)',
-    'mmcv': 'paper-dense (Tables IV/VI: mmcv 1.x hooks, no functional ops)',
+    'paper': 'paper  (paper Tables II/III, classification: no attention matmuls, + element-wise)',
+    'mmcv': 'mmcv   (paper Tables IV/VI/VII, dense: mmcv 1.x hooks, no functional ops)',
 }
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('config', help='config file')
+    defaults = ', '.join(f'{h} {w} for {s}' for s, (h, w) in DEFAULT_SHAPES.items())
     parser.add_argument('--shape', type=int, nargs=2, metavar=('H', 'W'),
-                        help='input height and width (default: per task, see above)')
+                        help=f'input height and width, at least {MIN_INPUT_SIZE} '
+                        f'(default: {defaults} configs)')
     parser.add_argument('--conventions', nargs='+', choices=list(CONVENTIONS),
-                        default=list(CONVENTIONS), help='MAC conventions to compute')
+                        default=list(CONVENTIONS),
+                        help='MAC conventions to compute (default: all): ' + '; '.join(
+                            ' '.join(v.split()) for v in CONVENTIONS.values()))
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config settings, as in the train tools')
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.shape and min(args.shape) < MIN_INPUT_SIZE:
+        parser.error(f'--shape {args.shape[0]} {args.shape[1]}: S2AFormer needs inputs of at '
+                     f'least {MIN_INPUT_SIZE}x{MIN_INPUT_SIZE} (its total stride)')
+    return args
 
 
 def build_model(cfg: Config):
@@ -99,18 +112,17 @@ def main(argv=None):
     print(f'params:   {result["params"] / 1e6:.3f} M  (backbone {backbone_params / 1e6:.3f} M)')
     for conv in args.conventions:
         print(f'GMACs:    {result[conv] / 1e9:8.3f}  {CONVENTIONS[conv]}')
-    paper_conv = 'paper' if scope == 'mmpretrain' else 'mmcv'
-    print(f'The paper counts {"classification" if scope == "mmpretrain" else "dense"} '
-          f'models in the {CONVENTIONS[paper_conv].split(" (")[0]} convention.')
+    task, paper_conv = ('classification', 'paper') if scope == 'mmpretrain' else ('dense', 'mmcv')
+    print(f"The paper's {task} figures use the {paper_conv!r} convention.")
     # Published figures only describe the unmodified configs.
     ref = None if args.cfg_options else reference_for(cfg, shape)
     if ref is not None:
         params, gmacs, conv, unit = ref
         ok = within_reference(result['params'] / 1e6, params, unit['params'])
-        line = f'reference (ARCHITECTURE.md): {params} M params [{"ok" if ok else "MISMATCH"}]'
+        line = f'reference (docs/architecture.md): {params} M params [{"ok" if ok else "MISMATCH"}]'
         if gmacs is not None and conv in result:
             ok = within_reference(result[conv] / 1e9, gmacs, unit['gflops'])
-            line += f', {gmacs} GMACs {conv} [{"ok" if ok else "MISMATCH"}]'
+            line += f', {gmacs} GMACs ({conv!r} convention) [{"ok" if ok else "MISMATCH"}]'
         print(line)
     print(f'({time.time() - start:.1f} s)')
 

@@ -13,6 +13,7 @@ import os.path as osp
 import time
 
 from s2aformer_mm.datasets import generate_ade20k, generate_coco, generate_imagenet
+from s2aformer_mm.models.s2aformer import MIN_INPUT_SIZE
 
 GENERATORS = {'imagenet': generate_imagenet, 'ade20k': generate_ade20k, 'coco': generate_coco}
 DEFAULT_ROOTS = {'imagenet': 'data/imagenet', 'ade20k': 'data/ade/ADEChallengeData2016',
@@ -26,11 +27,17 @@ def parse_args():
     parser.add_argument('--num-train', type=int, default=200, help='training images')
     parser.add_argument('--num-val', type=int, default=40, help='validation images')
     parser.add_argument('--size', type=int, nargs='+', default=[128],
-                        help='image side, or WIDTH HEIGHT')
+                        help=f'image side, or WIDTH HEIGHT; at least {MIN_INPUT_SIZE}')
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--overwrite', action='store_true',
                         help='write into a non-empty root (existing files are replaced)')
-    return parser.parse_args()
+    args = parser.parse_args()
+    if len(args.size) not in (1, 2):
+        parser.error('--size takes one side or WIDTH HEIGHT')
+    if min(args.size) < MIN_INPUT_SIZE:
+        parser.error(f'--size {" ".join(map(str, args.size))}: images must be at least '
+                     f'{MIN_INPUT_SIZE} px a side (S2AFormer\'s total stride)')
+    return args
 
 
 def main():
@@ -39,8 +46,6 @@ def main():
     if osp.isdir(root) and os.listdir(root) and not args.overwrite:
         raise SystemExit(f'{root!r} is not empty; refusing to mix demo data with real data. '
                          f'Choose another --root or pass --overwrite.')
-    if len(args.size) not in (1, 2):
-        raise SystemExit('--size takes one side or WIDTH HEIGHT')
     size = args.size[0] if len(args.size) == 1 else tuple(args.size)
     t0 = time.time()
     counts = GENERATORS[args.kind](root, num_train=args.num_train, num_val=args.num_val,

@@ -18,9 +18,10 @@
    reference's bit for bit; the validation metrics are equal.
 
 Deterministic settings: ``randomness=dict(seed=0, deterministic=True)``, no data
-workers, one OpenMP thread, no decode-head dropout (mmengine does not checkpoint
-torch's RNG state, so dropout masks after a resume would differ from an uninterrupted
-run), ``log_processor.window_size=1`` (the logged loss is the iteration's own).
+workers, one OpenMP thread, no decode-head dropout (the soak isolates kills and
+checkpoint writes; resuming with dropout and drop path is bitwise exact through
+``IterationSeedHook`` and tested in ``tests/test_reliability.py``),
+``log_processor.window_size=1`` (the logged loss is the iteration's own).
 Exit status 0 when every check passes, 1 otherwise, 2 for a ``--max-iters`` that
 ends before the warm-up plus two checkpoints.
 """
@@ -56,7 +57,9 @@ def parse_args():
                    help='seconds between a (re)start and its SIGKILL')
     p.add_argument('--ckpt-interval', type=int, default=5)
     p.add_argument('--max-keep-ckpts', type=int, default=3,
-                   help='>= 2: mmengine deletes the oldest checkpoint before writing the next')
+                   help='checkpoints kept (-1: all). 1 is safe and the hardest case: the '
+                   "tools' SafeCheckpointHook deletes the oldest checkpoint only after the "
+                   'next one is written, so a kill while saving leaves the previous one')
     p.add_argument('--max-iters', type=int, help='skip calibration and use this')
     p.add_argument('--seed', type=int, default=0, help='seed of the kill schedule')
     return p.parse_args()
