@@ -16,7 +16,7 @@ import os
 import re
 import tempfile
 from pathlib import Path
-from typing import Dict, Iterable, List, Union
+from typing import Dict, Iterable, List, Optional, Union
 
 import numpy as np
 import torch
@@ -28,8 +28,20 @@ _HB_METHODS = frozenset(
     if not name.startswith('_') and callable(getattr(HistoryBuffer, name)))
 
 
-class UnsafeCheckpointError(RuntimeError):
+class CheckpointError(RuntimeError):
+    """A checkpoint file cannot be used; the message names the file and what to do."""
+
+
+class UnsafeCheckpointError(CheckpointError):
     """A checkpoint holds objects outside the allowlist (possible code execution)."""
+
+
+class NotACheckpointError(CheckpointError):
+    """The file is not in either format ``torch.save`` writes (a wrong path, say)."""
+
+
+class CorruptCheckpointError(CheckpointError):
+    """A checkpoint file is damaged, e.g. truncated by a job killed while saving."""
 
 
 class CheckpointMismatchError(KeyError):
@@ -88,6 +100,23 @@ def route_mmengine_local_loads() -> None:
                                                         map_location or 'cpu'))
 
 
+# torch.save writes a zip archive, or (legacy format) a pickle that opens with this
+# number as a 10-byte LONG1; the pickle protocol header and frame come before it.
+_ZIP_MAGIC = b'PK\x03\x04'
+_LEGACY_MAGIC = b'\x8a\x0a' + torch.serialization.MAGIC_NUMBER.to_bytes(10, 'little')
+
+
+def _not_torch_format(path: str):
+    """Why ``path`` cannot be a ``torch.save`` file, or None if it may be one."""
+    with open(path, 'rb') as f:
+        head = f.read(32)
+    if not head:
+        return 'the file is empty'
+    if head.startswith(_ZIP_MAGIC) or _LEGACY_MAGIC in head:
+        return None
+    return f'neither a zip archive nor a legacy torch.save pickle; it starts with {head[:16]!r}'
+
+
 def safe_load(path: str, map_location='cpu'):
     """``torch.load`` with ``weights_only=True`` and our allowlist; clear errors."""
     register_safe_globals()
@@ -99,15 +128,48 @@ def safe_load(path: str, map_location='cpu'):
         return torch.load(path, map_location=map_location, weights_only=True)
     except UnsafeCheckpointError as e:
         raise UnsafeCheckpointError(f'Refusing to load {path!r}: {e}') from None
-    except torch.serialization.pickle.UnpicklingError as e:
+    except (torch.serialization.pickle.UnpicklingError, RuntimeError, EOFError, OSError) as e:
+        error = e
+    # Only after a failed load, so any file torch can read is read as before. The
+    # weights-only unpickler reports any byte it cannot parse as UnpicklingError, so
+    # without this check a text file would be called unsafe.
+    problem = _not_torch_format(path)
+    if problem:
+        raise NotACheckpointError(
+            f'{path!r} is not a PyTorch checkpoint ({problem}). Check the path: checkpoints are '
+            f'the .pth files written by torch.save (e.g. the tools\' iter_N.pth / epoch_N.pth).')
+    if isinstance(error, torch.serialization.pickle.UnpicklingError):
         raise UnsafeCheckpointError(
             f'Refusing to load {path!r}: it contains objects outside the safe allowlist '
             f'(s2aformer_mm.checkpoint.safe_globals), which could execute code when unpickled. '
-            f'Only load it with weights_only=False if you fully trust its origin.\n{e}') from None
-    except (RuntimeError, EOFError, OSError) as e:
-        raise RuntimeError(
-            f'Checkpoint {path!r} is corrupt or truncated and cannot be read ({e}). Re-download '
-            f'or re-save it; for resuming, point --resume at an earlier checkpoint.') from None
+            f'Only load it with weights_only=False if you fully trust its origin.\n{error}')
+    raise CorruptCheckpointError(
+        f'Checkpoint {path!r} is corrupt or truncated and cannot be read ({error}). Re-download '
+        f'or re-save it; for resuming, point --resume at an earlier checkpoint.')
+
+
+#: ``meta`` flag of the deploy checkpoints that tools/deployment/fuse_checkpoint.py writes
+DEPLOY_META_KEY = 's2aformer_deploy'
+
+
+def is_deploy_checkpoint(ckpt) -> bool:
+    """Whether a loaded checkpoint holds deploy-form weights (``meta.s2aformer_deploy``)."""
+    meta = ckpt.get('meta') if isinstance(ckpt, dict) else None
+    return isinstance(meta, dict) and bool(meta.get(DEPLOY_META_KEY))
+
+
+def _training_form(ckpt, path: str):
+    """``ckpt``, unless it is a deploy checkpoint: folded BN and merged heads rename
+    the parameters, so every key would mismatch without saying why."""
+    if is_deploy_checkpoint(ckpt):
+        source = ckpt['meta'].get('source')
+        source = f' ({source!r})' if source else ''
+        raise CheckpointMismatchError(
+            f'Checkpoint {path!r} is a deploy-form checkpoint (meta.s2aformer_deploy, written by '
+            f'tools/deployment/fuse_checkpoint.py), which the training-form model cannot load. '
+            f'Load it with s2aformer_mm.deploy.load_deploy_model(CONFIG, CHECKPOINT), or use '
+            f'the training checkpoint it was made from{source}.')
+    return ckpt
 
 
 def _state_dict(ckpt) -> Dict[str, torch.Tensor]:
@@ -137,7 +199,8 @@ def load_backbone_pretrained(module: torch.nn.Module, init_cfg: dict) -> None:
         raise ValueError('Pretrained init_cfg needs checkpoint=<path to .pth>')
     prefix = init_cfg.get('prefix') or ''
     strict = init_cfg.get('strict', True)
-    state = _state_dict(safe_load(path, init_cfg.get('map_location', 'cpu')))
+    ckpt = _training_form(safe_load(path, init_cfg.get('map_location', 'cpu')), path)
+    state = _state_dict(ckpt)
     if prefix:
         state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
         if not state:
@@ -168,14 +231,27 @@ def compare_state_dicts(own: Dict, state: Dict):
     return missing, mismatched, unexpected
 
 
+def checkpoint_state_dict(path: str) -> Dict[str, torch.Tensor]:
+    """The weights in a training-form checkpoint file (its ``state_dict`` / ``model``,
+    or the file itself if it is a bare state dict), loaded safely."""
+    return _state_dict(_training_form(safe_load(path), path))
+
+
+def check_state_dict(model: torch.nn.Module, state: Dict, path: str, what: str = 'this model',
+                     hint: Optional[str] = None) -> None:
+    """Raise :class:`CheckpointMismatchError`, with the mismatches summarised and
+    ``hint`` (default: use the training config), unless ``state`` holds exactly
+    ``model``'s keys and shapes."""
+    missing, mismatched, unexpected = compare_state_dicts(model.state_dict(), state)
+    if missing or mismatched or unexpected:
+        raise CheckpointMismatchError(_report(path, missing, mismatched, unexpected, what=what,
+                                              hint=_MODEL_HINT if hint is None else hint))
+
+
 def check_model_checkpoint(model: torch.nn.Module, path: str) -> None:
     """Raise :class:`CheckpointMismatchError` unless ``path`` holds exactly ``model``'s
     keys and shapes (mmengine's ``load_from`` would only warn)."""
-    missing, mismatched, unexpected = compare_state_dicts(
-        model.state_dict(), _state_dict(safe_load(path)))
-    if missing or mismatched or unexpected:
-        raise CheckpointMismatchError(_report(path, missing, mismatched, unexpected,
-                                              what='this model', hint=None))
+    check_state_dict(model, checkpoint_state_dict(path), path)
 
 
 def _short(keys: Iterable[str], n: int = 8) -> str:
@@ -185,6 +261,8 @@ def _short(keys: Iterable[str], n: int = 8) -> str:
 
 _PRETRAINED_HINT = ('  Is it a checkpoint of the same variant (arch) and the right prefix? '
                     'To load what matches anyway, add strict=False to the Pretrained init_cfg.')
+_MODEL_HINT = ('  Was it trained with this config, i.e. the same model and variant (arch)? '
+               'Pass the config the checkpoint was trained with.')
 
 
 def _report(path, missing, mismatched, unexpected, what='this S2AFormer backbone',

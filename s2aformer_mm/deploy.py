@@ -318,10 +318,10 @@ def build_model_from_config(config) -> nn.Module:
 def load_deploy_model(config, checkpoint: str) -> nn.Module:
     """Build ``config``'s model, switch it to the deploy form and load a deploy
     checkpoint written by ``tools/deployment/fuse_checkpoint.py`` (strict)."""
-    from .checkpoint import safe_load
+    from .checkpoint import is_deploy_checkpoint, safe_load
     model = switch_to_deploy(build_model_from_config(config))
     ckpt = safe_load(checkpoint)
-    if not ckpt.get('meta', {}).get('s2aformer_deploy', False):
+    if not is_deploy_checkpoint(ckpt):
         raise ValueError(f'{checkpoint} is not a deploy-form checkpoint (no meta.s2aformer_deploy); '
                          'load it into the training-form model and call switch_to_deploy().')
     model.load_state_dict(ckpt['state_dict'], strict=True)

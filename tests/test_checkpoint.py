@@ -1,6 +1,7 @@
 """Checkpoint loading: Pretrained with prefix, loud missing keys, Runner round trip
 under torch's weights_only=True default, and refusal of code-executing pickles."""
 import os
+import pickle
 import subprocess
 import sys
 import textwrap
@@ -13,7 +14,9 @@ from mmengine.model import BaseModel
 from mmengine.runner import Runner
 
 from s2aformer_mm import S2AFormer
-from s2aformer_mm.checkpoint import UnsafeCheckpointError, safe_load
+from s2aformer_mm.checkpoint import (CheckpointMismatchError, CorruptCheckpointError,
+                                     NotACheckpointError, UnsafeCheckpointError,
+                                     check_model_checkpoint, safe_load)
 
 
 class Toy(BaseModel):
@@ -138,11 +141,13 @@ class _EvilGetattr:
         return (getattr, (HistoryBuffer, '__init__'))
 
 
+@pytest.mark.parametrize('zipped', [True, False], ids=['zip', 'legacy'])
 @pytest.mark.parametrize('payload', [_Evil, _EvilGetattr])
-def test_malicious_pickle_is_refused_and_does_not_run(tmp_path, payload):
+def test_malicious_pickle_is_refused_and_does_not_run(tmp_path, payload, zipped):
     target = tmp_path / 'pwned'
     evil = tmp_path / 'evil.pth'
-    torch.save({'state_dict': {}, 'x': payload(target)}, evil)
+    torch.save({'state_dict': {}, 'x': payload(target)}, evil,
+               _use_new_zipfile_serialization=zipped)
     with pytest.raises(UnsafeCheckpointError, match='evil.pth'):
         safe_load(str(evil))
     assert not target.exists()
@@ -152,8 +157,40 @@ def test_truncated_checkpoint_names_file(runner_ckpt, tmp_path):
     data = runner_ckpt[0].read_bytes()
     bad = tmp_path / 'truncated.pth'
     bad.write_bytes(data[: len(data) // 2])
-    with pytest.raises(RuntimeError, match='truncated.pth.*corrupt or truncated'):
+    with pytest.raises(CorruptCheckpointError, match='truncated.pth.*corrupt or truncated'):
         safe_load(str(bad))
+
+
+@pytest.mark.parametrize('content', [b'garbage\n', b'', bytes(range(256)),
+                                     pickle.dumps({'state_dict': {}})],
+                         ids=['text', 'empty', 'binary', 'plain-pickle'])
+def test_file_that_is_not_a_checkpoint_is_not_called_unsafe(tmp_path, content):
+    path = tmp_path / 'x.pth'
+    path.write_bytes(content)
+    with pytest.raises(NotACheckpointError, match=r"x\.pth' is not a PyTorch checkpoint") as e:
+        safe_load(str(path))
+    assert 'weights_only' not in str(e.value) and 'Refusing' not in str(e.value)
+
+
+def test_deploy_checkpoint_is_named_as_such(tmp_path):
+    path = tmp_path / 'deploy.pth'
+    torch.save({'state_dict': {'backbone.stem.0.0.conv.weight': torch.zeros(1)},
+                'meta': {'s2aformer_deploy': True, 'source': 'iter_4.pth'}}, path)
+    match = r"(?s)deploy-form checkpoint.*load_deploy_model.*'iter_4\.pth'"
+    with pytest.raises(CheckpointMismatchError, match=match):
+        check_model_checkpoint(Toy(), str(path))
+    with pytest.raises(CheckpointMismatchError, match=match):
+        S2AFormer('mini', init_cfg=dict(type='Pretrained', checkpoint=str(path))).init_weights()
+
+
+def test_model_mismatch_asks_for_the_training_config(runner_ckpt, tmp_path):
+    ck = torch.load(runner_ckpt[0])
+    del ck['state_dict']['fc.bias']
+    path = tmp_path / 'other.pth'
+    torch.save(ck, path)
+    with pytest.raises(CheckpointMismatchError,
+                       match=r'(?s)1 missing keys: fc\.bias.*same model and variant'):
+        check_model_checkpoint(Toy(), str(path))
 
 
 

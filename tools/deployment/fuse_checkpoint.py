@@ -16,7 +16,7 @@ import sys
 import torch
 
 import s2aformer_mm  # noqa: F401  (registers the models)
-from s2aformer_mm.checkpoint import safe_load
+from s2aformer_mm.checkpoint import DEPLOY_META_KEY, safe_load
 from s2aformer_mm.deploy import build_model_from_config, count_batchnorms, switch_to_deploy
 
 
@@ -46,7 +46,7 @@ def main(argv=None):
         err = max(float((a - b).abs().max()) for a, b in zip(ref, out))
         print(f'backbone outputs, training vs deploy form: max abs error {err:.2e}')
     meta = dict(ckpt.get('meta', {})) if isinstance(ckpt.get('meta'), dict) else {}
-    meta.update(s2aformer_deploy=True, source=args.checkpoint, config=args.config)
+    meta.update({DEPLOY_META_KEY: True, 'source': args.checkpoint, 'config': args.config})
     torch.save({'state_dict': model.state_dict(), 'meta': meta}, args.out)
     print(f'saved {args.out}')
     return 0
