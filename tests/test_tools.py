@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from mmengine.config import Config
 
 from s2aformer_mm.datasets import generate_ade20k, generate_coco, generate_imagenet
@@ -300,3 +301,130 @@ def test_missing_dataset_is_a_clear_error(tmp_path, state):
     problem = 'does not exist' if state == 'missing' else 'is empty'
     assert f"Dataset directory '{root}' (train_dataloader.dataset.data_root) {problem}" in out
     assert 'generate_demo_data.py ade20k' in out and 'Traceback' not in out
+
+
+def assert_one_line_error(rc, out, *fragments):
+    """A refusal as the tools print it: non-zero exit, ``[s2aformer] ERROR:``, no traceback."""
+    assert rc != 0 and '[s2aformer] ERROR: ' in out and 'Traceback' not in out, out[-3000:]
+    for fragment in fragments:
+        assert fragment in out, out[-3000:]
+
+
+@pytest.mark.parametrize('kind', ['not-a-checkpoint', 'truncated', 'deploy'])
+def test_unusable_checkpoint_through_test_tool_is_a_one_line_error(data, tmp_path, kind):
+    path = tmp_path / 'x.pth'
+    if kind == 'not-a-checkpoint':
+        path.write_text('garbage\n')
+        expected = [f"'{path}' is not a PyTorch checkpoint"]
+    elif kind == 'truncated':
+        torch.save({'state_dict': {'w': torch.zeros(1000)}}, path)
+        path.write_bytes(path.read_bytes()[:2000])
+        expected = ['corrupt or truncated']
+    else:  # as tools/deployment/fuse_checkpoint.py writes it
+        torch.save({'state_dict': {}, 'meta': {'s2aformer_deploy': True}}, path)
+        expected = ['deploy-form checkpoint', 'load_deploy_model']
+    rc, out = tool('test', SEG_CFG, path, '--work-dir', tmp_path / 'w', '--cfg-options',
+                   *loader_opts(data / 'ade'), expect_ok=False)
+    assert_one_line_error(rc, out, *expected)
+    assert 'weights_only' not in out and 'missing keys' not in out
+
+
+def test_downstream_custom_imports_keep_s2aformer_mm(data, tmp_path):
+    """A config inheriting ours with its own custom_imports: the copy in the work dir
+    still imports s2aformer_mm, so it runs under the libraries' own tools."""
+    config = tmp_path / 'downstream.py'
+    config.write_text(f"_base_ = ['{REPO / SEG_CFG}']\ncustom_imports = dict(imports=['json'])\n")
+    garbage = tmp_path / 'x.pth'
+    garbage.write_text('garbage\n')  # the Runner writes the config, then the check stops it
+    tool('test', config, garbage, '--work-dir', tmp_path / 'w', '--cfg-options',
+         *loader_opts(data / 'ade'), expect_ok=False)
+    assert dumped_config(tmp_path / 'w', config).custom_imports.imports == ['json',
+                                                                           's2aformer_mm']
+
+
+def test_tta_refusals_are_one_line_errors(data, tmp_path):
+    ckpt = tmp_path / 'x.pth'  # refused before it is read
+    ckpt.write_bytes(b'')
+    rc, out = tool('test', CLS_CFG, ckpt, '--tta', '--show-dir', tmp_path / 'show',
+                   '--cfg-options', *loader_opts(data / 'imagenet'), expect_ok=False)
+    assert_one_line_error(rc, out, "mmpretrain's VisualizationHook cannot draw")
+    rc, out = tool('test', MASK_CFG, ckpt, '--tta', '--cfg-options', *det_opts(data),
+                   expect_ok=False)
+    assert_one_line_error(rc, out, 'does not support instance segmentation (Mask R-CNN)')
+
+
+def test_missing_evaluator_annotations_and_resume_file(data, tmp_path):
+    # data_root alone: CocoMetric's ann_file still names data/coco/annotations/...
+    opts = [o for o in det_opts(data) if '_evaluator.ann_file=' not in o]
+    ann = data / 'coco' / 'annotations'
+    rc, out = tool('train', RETINA_CFG, '--work-dir', tmp_path, '--cfg-options', *opts,
+                   expect_ok=False)
+    assert_one_line_error(rc, out, '(val_evaluator.ann_file) does not exist',
+                          f'--cfg-options val_evaluator.ann_file={ann}/instances_val2017.json')
+    rc, out = tool('test', RETINA_CFG, tmp_path / 'x.pth', '--work-dir', tmp_path,
+                   '--cfg-options', *opts, expect_ok=False)
+    assert_one_line_error(rc, out, '(test_evaluator.ann_file) does not exist')
+    # Without validation the val evaluator is not needed: the next check speaks.
+    missing = tmp_path / 'nope.pth'
+    rc, out = tool('train', RETINA_CFG, '--work-dir', tmp_path, '--no-validate', '--resume',
+                   missing, '--cfg-options', *opts, expect_ok=False)
+    assert_one_line_error(rc, out, f"--resume '{missing}': no such checkpoint file",
+                          '--resume without a path')
+    assert '_evaluator.ann_file' not in out
+
+
+def test_evaluator_list_annotation_file_is_checked(data):
+    from s2aformer_mm.engine import DatasetNotFoundError, check_data_dirs
+    ann = str(data / 'coco' / 'annotations' / 'instances_val2017.json')
+    cfg = Config(dict(
+        default_scope='mmdet',
+        test_dataloader=dict(dataset=dict(data_root=str(data / 'coco'),
+                                          ann_file='annotations/instances_val2017.json')),
+        test_evaluator=[dict(type='CocoMetric', ann_file=ann),
+                        dict(type='CocoMetric', ann_file='missing.json')]))
+    with pytest.raises(DatasetNotFoundError,
+                       match=r"'missing\.json' \(test_evaluator\.1\.ann_file\)"):
+        check_data_dirs(cfg, ['test_dataloader'])
+    cfg.test_evaluator.pop()
+    check_data_dirs(cfg, ['test_dataloader'])
+
+
+def test_demo_script_refuses_foreign_directories(tmp_path):
+    """run_demo.sh deletes only what it wrote: DEMO_ROOT / DEMO_WORK_DIR pointing at a
+    directory with other files is refused before anything is removed."""
+    foreign = tmp_path / 'foreign'
+    foreign.mkdir()
+    (foreign / 'mine.txt').write_text('keep')
+    env = dict(ENV, DEMO_ROOT=str(foreign))
+    proc = subprocess.run(['bash', 'tools/run_demo.sh'], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 1 and f'DEMO_ROOT={foreign} is not empty' in proc.stderr, proc.stderr
+    # A complete demo data set (its last file stands for it here) and a foreign work dir.
+    data = tmp_path / 'ade20k'
+    (data / 'annotations' / 'validation').mkdir(parents=True)
+    (data / 'annotations' / 'validation' / 'ADE_val_00000060.png').write_bytes(b'')
+    env = dict(ENV, DEMO_ROOT=str(data), DEMO_WORK_DIR=str(foreign))
+    proc = subprocess.run(['bash', 'tools/run_demo.sh'], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 1 and "holds 'mine.txt', which the demo did not write" in \
+        proc.stderr, proc.stderr
+    assert (foreign / 'mine.txt').read_text() == 'keep'
+    assert sorted(p.name for p in foreign.iterdir()) == ['mine.txt']
+
+
+def test_setup_refuses_python_39_with_the_reason(tmp_path):
+    fake = tmp_path / 'python3.9'
+    fake.write_text('#!/bin/sh\necho 3.9\n')
+    fake.chmod(0o755)
+    env = dict(ENV, S2A_PYTHON=str(fake), S2A_VENV=str(tmp_path / 'venv'))
+    proc = subprocess.run(['bash', 'tools/setup_env.sh'], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 1 and 'PyPI has no torch >= 2.12 for it' in proc.stderr, proc.stderr
+    assert not (tmp_path / 'venv').exists()
+
+
+def test_demo_data_small_size_is_a_usage_error(tmp_path):
+    rc, out = tool('data/generate_demo_data', 'ade20k', '--root', tmp_path / 'ade', '--size',
+                   '64', '16', expect_ok=False)
+    assert rc == 2 and 'at least 32 px a side' in out and 'Traceback' not in out, out
+    assert not (tmp_path / 'ade').exists()

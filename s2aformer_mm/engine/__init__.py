@@ -15,15 +15,16 @@ the ``mmpretrain`` / ``mmseg`` / ``mmdet`` scopes):
 from .checkpointing import SafeCheckpointHook, find_resumable_checkpoint
 from .distributed import (CPUDistributedDataParallel, destroy_distributed,
                           init_distributed)
+from .errors import USER_ERRORS, DatasetNotFoundError, InputNotFoundError, UsageError
 from .evaluation import DumpPredictions
-from .launch import (USER_ERRORS, DatasetNotFoundError, InputNotFoundError, check_data_dirs,
-                     parse_test_args, parse_train_args, run_test, run_train)
+from .launch import check_data_dirs, parse_test_args, parse_train_args, run_test, run_train
 from .optim import BF16AutocastOptimWrapper
 from .randomness import IterationSeedHook
 
 __all__ = [
     'CPUDistributedDataParallel', 'BF16AutocastOptimWrapper', 'DumpPredictions',
     'SafeCheckpointHook', 'IterationSeedHook', 'find_resumable_checkpoint', 'USER_ERRORS',
-    'DatasetNotFoundError', 'InputNotFoundError', 'init_distributed', 'destroy_distributed',
-    'check_data_dirs', 'parse_train_args', 'parse_test_args', 'run_train', 'run_test'
+    'DatasetNotFoundError', 'InputNotFoundError', 'UsageError', 'init_distributed',
+    'destroy_distributed', 'check_data_dirs', 'parse_train_args', 'parse_test_args',
+    'run_train', 'run_test'
 ]

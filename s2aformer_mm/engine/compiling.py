@@ -17,6 +17,8 @@ from mmengine.model import is_model_wrapper
 from mmengine.runner import Runner
 from torch.utils.checkpoint import checkpoint
 
+from .errors import UsageError
+
 
 def take_compile_option(cfg: Config) -> Optional[dict]:
     """Take mmengine's ``compile`` option out of ``cfg``; :func:`compile_model` applies it.
@@ -130,7 +132,7 @@ def check_compile_backend(model: torch.nn.Module, options: dict) -> None:
     layers = _checkpointed_random_layers(model)
     if layers and _eager_backend_redraws_in_recompute():
         names = ', '.join(layers[:3]) + (' ...' if len(layers) > 3 else '')
-        raise ValueError(
+        raise UsageError(
             f"compile=dict(backend='eager') with with_cp would train with wrong gradients: "
             f'in torch {torch.__version__} that backend re-runs checkpointed blocks with new '
             f'random numbers in backward, so the masks of {len(layers)} dropout / drop-path '

@@ -22,30 +22,21 @@ from mmengine.model import BaseTTAModel, is_model_wrapper
 from mmengine.registry import RUNNERS, init_default_scope
 from mmengine.runner import Runner
 
-from ..checkpoint import CheckpointMismatchError, UnsafeCheckpointError, check_model_checkpoint
+from ..checkpoint import check_model_checkpoint
 from ..integrations import SUPPORTED, require
 from ..runtime import tune_cpu_allocator
 from .checkpointing import (apply_checkpoint_defaults, find_resumable_checkpoint,
                             remove_stale_temp_files)
 from .compiling import compile_model, take_compile_option
 from .distributed import LAUNCHERS, destroy_distributed, init_distributed, launch_rank
+from .errors import DatasetNotFoundError, InputNotFoundError, UsageError
 from .randomness import apply_seeding
 from .tta import apply_tta
 
+#: the repository (configs/, tools/), for error messages
+REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 #: scope -> argument of tools/data/generate_demo_data.py, for error messages
 DEMO_KIND = {'mmpretrain': 'imagenet', 'mmseg': 'ade20k', 'mmdet': 'coco'}
-
-
-class InputNotFoundError(FileNotFoundError):
-    """A file or directory the run needs is absent; the tools print only the message."""
-
-
-class DatasetNotFoundError(InputNotFoundError):
-    """A dataset directory / annotation file named by the config is absent or empty."""
-
-
-#: Errors whose message says everything: the tools print it without a traceback.
-USER_ERRORS = (InputNotFoundError, CheckpointMismatchError, UnsafeCheckpointError)
 
 
 # --------------------------------------------------------------------------- arguments
@@ -109,10 +100,11 @@ def load_config(args: argparse.Namespace) -> Tuple[Config, str]:
         cfg.merge_from_dict(args.cfg_options)
     scope = cfg.get('default_scope')
     if scope not in SUPPORTED:
-        raise ValueError(f'{args.config}: default_scope={scope!r}; it must name the library that '
+        raise UsageError(f'{args.config}: default_scope={scope!r}; it must name the library that '
                          f'runs the config, one of {sorted(SUPPORTED)}.')
     require(scope)
     init_default_scope(scope)
+    ensure_custom_import(cfg)
     cfg.launcher = args.launcher
     quiet_other_ranks(args.launcher)
     os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
@@ -120,6 +112,20 @@ def load_config(args: argparse.Namespace) -> Tuple[Config, str]:
         args.work_dir or cfg.get('work_dir')
         or osp.join('work_dirs', osp.splitext(osp.basename(args.config))[0]))
     return cfg, scope
+
+
+def ensure_custom_import(cfg: Config) -> None:
+    """Name ``s2aformer_mm`` in ``custom_imports``, keeping the config's own imports.
+
+    The tools import it themselves, but the config copy the Runner writes to the work
+    dir must import it to run under the libraries' own tools; a config that sets its
+    own ``custom_imports`` replaces the imports list of our base configs.
+    """
+    imports = cfg.setdefault('custom_imports', ConfigDict(allow_failed_imports=False))
+    names = imports.get('imports') or []
+    names = [names] if isinstance(names, str) else list(names)
+    if not any(n == 's2aformer_mm' or n.startswith('s2aformer_mm.') for n in names):
+        imports['imports'] = names + ['s2aformer_mm']
 
 
 def quiet_other_ranks(launcher: str) -> None:
@@ -146,7 +152,7 @@ def setup_distributed(cfg: Config) -> None:
         wrapper = cfg.get('model_wrapper_cfg') or ConfigDict()
         if wrapper.get('type', 'MMDistributedDataParallel') not in (
                 'MMDistributedDataParallel', 'CPUDistributedDataParallel'):
-            raise ValueError(f'model_wrapper_cfg.type={wrapper["type"]!r} is not supported on CPU '
+            raise UsageError(f'model_wrapper_cfg.type={wrapper["type"]!r} is not supported on CPU '
                              'by the tools; remove it or use a GPU.')
         wrapper['type'] = 'CPUDistributedDataParallel'
         # Runner only reads the top-level flag when model_wrapper_cfg is None.
@@ -226,15 +232,32 @@ def _dataset_paths(ds, where: str) -> Iterator[Tuple[str, str, bool]]:
         yield f'{where}.ann_file', osp.join(root, ds['ann_file']), False
 
 
+def _evaluator_ann_files(cfg: Config, loader: str) -> Iterator[Tuple[str, str]]:
+    """Yield (config key, path) of the ``ann_file`` of each evaluator scoring ``loader``."""
+    name = loader.replace('_dataloader', '_evaluator')
+    evaluators = cfg.get(name) if name != loader else None
+    if isinstance(evaluators, dict):
+        evaluators = {name: evaluators}
+    elif isinstance(evaluators, (list, tuple)):
+        evaluators = {f'{name}.{i}': ev for i, ev in enumerate(evaluators)}
+    for key, evaluator in (evaluators or {}).items():
+        if isinstance(evaluator, dict) and evaluator.get('ann_file'):
+            yield f'{key}.ann_file', evaluator['ann_file']
+
+
 def check_data_dirs(cfg: Config, loaders: List[str]) -> None:
-    """Raise :class:`DatasetNotFoundError` before any worker starts if data is absent."""
+    """Raise :class:`DatasetNotFoundError` before any worker starts if data is absent:
+    the data sets of ``loaders`` and the annotation files of their evaluators."""
     kind = DEMO_KIND.get(cfg.get('default_scope'), '{imagenet,ade20k,coco}')
     for loader in loaders:
         if not cfg.get(loader):
             continue
+        dataset_ann = None
         for key, path, is_dir in _dataset_paths(cfg[loader]['dataset'], f'{loader}.dataset'):
             if '://' in path:
                 continue
+            if key.endswith('.ann_file'):
+                dataset_ann = path
             problem = None
             if is_dir and not osp.isdir(path):
                 problem = 'does not exist'
@@ -250,6 +273,14 @@ def check_data_dirs(cfg: Config, loaders: List[str]) -> None:
                     f'generate a small demo copy: python tools/data/generate_demo_data.py {kind} '
                     f'--root {root}, or point the config at your copy with --cfg-options '
                     f'{loader}.dataset.data_root=PATH.')
+        for key, path in _evaluator_ann_files(cfg, loader):
+            if '://' not in path and not osp.isfile(path):
+                # e.g. mmdet's CocoMetric: its base config writes data_root + '...json'
+                # when it is read, so overriding the data set's data_root misses it.
+                raise DatasetNotFoundError(
+                    f'Evaluator annotation file {path!r} ({key}) does not exist; it does not '
+                    f'follow {loader}.dataset.data_root. Pass --cfg-options '
+                    f'{key}={dataset_ann or "PATH"}.')
 
 
 def check_pretrained(cfg: Config) -> None:
@@ -259,11 +290,17 @@ def check_pretrained(cfg: Config) -> None:
         return
     path = init_cfg.get('checkpoint') or ''
     if '://' not in path and not osp.isfile(path):
+        arch = str(cfg.model.backbone.get('arch')).lower()
+        classifier = f'configs/mmpretrain/s2aformer_{arch}_4xb256_in1k.py'
+        if not osp.isfile(osp.join(REPO, classifier)):  # e.g. an arch given as a dict
+            classifier = 'the configs/mmpretrain config of this variant'
+        # No ImageNet weights are published: the classifier has to be trained here.
         raise InputNotFoundError(
             f'Backbone checkpoint {path!r} (model.backbone.init_cfg.checkpoint) does not exist. '
-            f'Train or download the ImageNet classifier (docs/datasets.md), pass '
-            f'--cfg-options model.backbone.init_cfg.checkpoint=PATH, or train from scratch with '
-            f'--cfg-options model.backbone.init_cfg=None.')
+            f'Train the ImageNet classifier first (python tools/train.py {classifier}; '
+            f'docs/datasets.md) and pass its checkpoint with --cfg-options '
+            f'model.backbone.init_cfg.checkpoint=PATH (or another checkpoint of this variant), '
+            f'or train from scratch with --cfg-options model.backbone.init_cfg=None.')
 
 
 # --------------------------------------------------------------------------- visualisation
@@ -272,7 +309,7 @@ def enable_visualization(cfg: Config, scope: str, show_dir: Optional[str], show:
     """Turn on the library's visualisation hook so test predictions are drawn."""
     hook = cfg.get('default_hooks', {}).get('visualization')
     if hook is None:
-        raise ValueError('--show/--show-dir need default_hooks.visualization in the config '
+        raise UsageError('--show/--show-dir need default_hooks.visualization in the config '
                          '(VisualizationHook / SegVisualizationHook / DetVisualizationHook).')
     hook.update(show=show, wait_time=wait_time)
     if scope == 'mmpretrain':  # VisualizationHook(enable, out_dir)
@@ -300,15 +337,6 @@ def run_train(args: argparse.Namespace) -> Runner:
         cfg.val_cfg = cfg.val_dataloader = cfg.val_evaluator = None
     check_data_dirs(cfg, ['train_dataloader'] + (['val_dataloader'] if cfg.get('val_cfg') else []))
     check_pretrained(cfg)
-    apply_checkpoint_defaults(cfg)
-    apply_seeding(cfg)
-    apply_cpu_memory_defaults(cfg)
-    apply_amp(cfg, args.amp)
-    if args.auto_scale_lr:
-        if 'base_batch_size' not in cfg.get('auto_scale_lr', {}):
-            raise ValueError(f'--auto-scale-lr: {args.config} has no auto_scale_lr.base_batch_size '
-                             f'(the total batch its lr is tuned for).')
-        cfg.auto_scale_lr.enable = True
     if args.resume == 'auto':
         # Not mmengine's find_latest_checkpoint: it trusts an empty or stale pointer.
         remove_stale_temp_files(cfg.work_dir)
@@ -319,6 +347,25 @@ def run_train(args: argparse.Namespace) -> Runner:
         cfg.resume, cfg.load_from = latest is not None, latest
     elif args.resume:
         cfg.resume, cfg.load_from = True, args.resume
+    load_from = cfg.get('load_from')
+    if load_from and '://' not in load_from and not osp.isfile(osp.expanduser(load_from)):
+        if args.resume:  # a PATH: --resume alone only picks files that exist
+            raise InputNotFoundError(
+                f'--resume {load_from!r}: no such checkpoint file. Pass an existing one, or '
+                f'--resume without a path to resume from the latest checkpoint in the work dir '
+                f'({cfg.work_dir}).')
+        raise InputNotFoundError(
+            f'load_from={load_from!r}: no such checkpoint file. Fix the path with --cfg-options '
+            f'load_from=PATH, or start from the initial weights with load_from=None.')
+    apply_checkpoint_defaults(cfg)
+    apply_seeding(cfg)
+    apply_cpu_memory_defaults(cfg)
+    apply_amp(cfg, args.amp)
+    if args.auto_scale_lr:
+        if 'base_batch_size' not in cfg.get('auto_scale_lr', {}):
+            raise UsageError(f'--auto-scale-lr: {args.config} has no auto_scale_lr.base_batch_size '
+                             f'(the total batch its lr is tuned for).')
+        cfg.auto_scale_lr.enable = True
     compile_cfg = cfg.get('compile')
     compile_options = take_compile_option(cfg)
     setup_distributed(cfg)
@@ -360,7 +407,7 @@ def run_test(args: argparse.Namespace) -> dict:
         enable_visualization(cfg, scope, show_dir, args.show, args.wait_time)
     if args.out:
         if not args.out.endswith(('.pkl', '.pickle')):
-            raise ValueError(f'--out {args.out!r}: the predictions are pickled; use a .pkl name.')
+            raise UsageError(f'--out {args.out!r}: the predictions are pickled; use a .pkl name.')
         dump = dict(type='DumpDetResults' if scope == 'mmdet' else 'mmengine.DumpPredictions',
                     out_file_path=args.out)
         evaluators = cfg.test_evaluator

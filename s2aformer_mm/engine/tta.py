@@ -3,6 +3,8 @@ import copy
 
 from mmengine.config import Config, ConfigDict
 
+from .errors import UsageError
+
 
 def _flip_tta(last: dict) -> dict:
     return dict(type='TestTimeAug', transforms=[
@@ -17,7 +19,7 @@ def apply_tta(cfg: Config, scope: str, draw: bool = False) -> None:
     if scope == 'mmpretrain' and draw:
         # Its VisualizationHook expects one image tensor per batch and fails mid-run
         # ("'tuple' object has no attribute 'permute'") on the augmented views.
-        raise ValueError("--tta with --show/--show-dir: mmpretrain's VisualizationHook "
+        raise UsageError("--tta with --show/--show-dir: mmpretrain's VisualizationHook "
                          'cannot draw test-time-augmented batches. Draw the predictions '
                          'in a run without --tta.')
     test_ds = cfg.test_dataloader.dataset
@@ -31,7 +33,7 @@ def apply_tta(cfg: Config, scope: str, draw: bool = False) -> None:
     elif scope == 'mmdet':
         if cfg.model.get('roi_head', {}).get('mask_head') is not None:
             # DetTTAModel asserts this mid-run, after the model and data are built.
-            raise ValueError("--tta: mmdet's DetTTAModel merges boxes only; it does not "
+            raise UsageError("--tta: mmdet's DetTTAModel merges boxes only; it does not "
                              'support instance segmentation (Mask R-CNN). Test without --tta.')
         cfg.setdefault('tta_model', dict(type='DetTTAModel', tta_cfg=dict(
             nms=dict(type='nms', iou_threshold=0.5), max_per_img=100)))
@@ -43,7 +45,7 @@ def apply_tta(cfg: Config, scope: str, draw: bool = False) -> None:
                 'flip_direction')))
     missing = [key for key in ('tta_model', 'tta_pipeline') if cfg.get(key) is None]
     if missing:
-        raise ValueError(f'--tta: the config defines no {" / ".join(missing)}. Inherit them '
+        raise UsageError(f'--tta: the config defines no {" / ".join(missing)}. Inherit them '
                          f"(mmseg::_base_/datasets/ade20k.py and mmseg::_base_/default_runtime.py "
                          f'define both) or test without --tta.')
     cfg.model = ConfigDict(**cfg.tta_model, module=cfg.model)
