@@ -258,11 +258,11 @@ def test_onnx_dynamic_axes_match(tmp_path, what, batch):
             torch.testing.assert_close(torch.from_numpy(o), r, atol=1e-4, rtol=1e-4)
 
 
-def _deploy_tool(script, *args):
+def _deploy_tool(script, *args, ok=True):
     proc = subprocess.run([sys.executable, f'tools/deployment/{script}.py', *map(str, args)],
                           cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
-    return proc.stdout
+    assert (proc.returncode == 0) == ok, (proc.stdout + proc.stderr)[-4000:]
+    return proc.stdout if ok else proc.stderr
 
 
 @needs_onnx
@@ -273,6 +273,34 @@ def test_export_tool_defaults(tmp_path):
     errors = [float(e) for e in re.findall(r'max abs error per output ([-+.e\d]+)', out)]
     assert len(errors) == 2 and max(errors) < 1e-4, out
     assert (tmp_path / 'mini.onnx').stat().st_size > 1e6
+
+
+@needs_onnx
+def test_export_tool_backbone_of_dense_checkpoint(tmp_path):
+    """A RetinaNet-style checkpoint (backbone.* with output norms of stages 1-3, neck,
+    head): the graph returns what the neck received."""
+    backbone = _randomise(S2AFormer('mini', out_indices=(1, 2, 3), out_norm=True)).eval()
+    state = {f'backbone.{k}': v for k, v in backbone.state_dict().items()}
+    state.update({'neck.lateral_convs.0.conv.weight': torch.zeros(8, 64, 1, 1),
+                  'bbox_head.retina_cls.bias': torch.zeros(9)})
+    torch.save({'state_dict': state, 'meta': {}}, tmp_path / 'retina.pth')
+    _deploy_tool('export_onnx', tmp_path / 'b.onnx', '--arch', 'mini', '--checkpoint',
+                 tmp_path / 'retina.pth', '--shape', '64', '64', '--static')
+    sess = onnxruntime_session(str(tmp_path / 'b.onnx'))
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        ref = backbone(x)
+    outs = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})
+    assert len(outs) == 3
+    _close([torch.from_numpy(o) for o in outs], ref)
+
+
+def test_export_tool_wrong_arch_summarised(tmp_path):
+    torch.save({'state_dict': _classifier('mini').state_dict()}, tmp_path / 'mini.pth')
+    err = _deploy_tool('export_onnx', tmp_path / 'x.onnx', '--arch', 't', '--classifier',
+                       '--num-classes', 10, '--checkpoint', tmp_path / 'mini.pth', ok=False)
+    assert 'does not match an S2AFormer-t classifier' in err and '--arch' in err, err
+    assert 'Traceback' not in err and len(err.splitlines()) < 8, err
 
 
 def test_fuse_checkpoint_tool(tmp_path):
