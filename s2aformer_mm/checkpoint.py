@@ -40,6 +40,10 @@ class NotACheckpointError(CheckpointError):
     """The file is not in either format ``torch.save`` writes (a wrong path, say)."""
 
 
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+    """The checkpoint path names no file."""
+
+
 class CorruptCheckpointError(CheckpointError):
     """A checkpoint file is damaged, e.g. truncated by a job killed while saving."""
 
@@ -121,9 +125,7 @@ def safe_load(path: str, map_location='cpu'):
     """``torch.load`` with ``weights_only=True`` and our allowlist; clear errors."""
     register_safe_globals()
     if not os.path.isfile(path):
-        raise FileNotFoundError(
-            f'Checkpoint file not found: {path!r}. Check the path, or set the config option '
-            f'to None to train from scratch.')
+        raise CheckpointNotFoundError(f'Checkpoint file not found: {path!r}. Check the path.')
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except UnsafeCheckpointError as e:
