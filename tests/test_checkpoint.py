@@ -193,7 +193,6 @@ def test_model_mismatch_asks_for_the_training_config(runner_ckpt, tmp_path):
         check_model_checkpoint(Toy(), str(path))
 
 
-
 def test_atomic_save_survives_sigkill(tmp_path):
     """A process SIGKILLed in the middle of saving leaves the previous checkpoint intact."""
     import signal
