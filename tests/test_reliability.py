@@ -261,7 +261,9 @@ def test_compiled_forward_is_eager_in_eval_and_not_shared_by_deep_copies():
         graphs.append(gm)
         return gm.forward
 
-    compile_model(SimpleNamespace(model=model), dict(backend=backend))
+    hooks = []
+    compile_model(SimpleNamespace(model=model, register_hook=lambda h, priority: hooks.append(h)),
+                  dict(backend=backend))
     assert isinstance(model.backbone.forward, CompiledWhileTraining)
     assert 'forward' not in vars(model.data_preprocessor) and 'forward' not in vars(model.act)
     x = torch.randn(3, 2)
@@ -277,6 +279,38 @@ def test_compiled_forward_is_eager_in_eval_and_not_shared_by_deep_copies():
         twin.backbone.weight.mul_(2)
         assert torch.allclose(twin.backbone(x).t() - twin.backbone.bias[:, None], 2 * expected)
         assert torch.allclose(model.backbone(x).t() - model.backbone.bias[:, None], expected)
+        hooks[0].after_train_iter(None, 0)   # the backbone's forward was called: kept
+        assert isinstance(vars(model.backbone)['forward'], CompiledWhileTraining)
+
+
+def test_compile_hands_an_uncalled_forward_down_to_its_sub_networks():
+    """Like mmdet's RoI heads: training calls head.fc directly, never head.forward. After
+    an iteration the head runs eager again and its sub-network is compiled instead."""
+    from types import SimpleNamespace
+
+    from s2aformer_mm.engine.compiling import CompiledWhileTraining, compile_model
+    model = torch.nn.Module()
+    model.head = torch.nn.Module()
+    model.head.fc, model.head.scale = torch.nn.Linear(2, 2), torch.nn.ReLU()
+    graphs, hooks = [], []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    compile_model(SimpleNamespace(model=model, register_hook=lambda h, priority: hooks.append(h)),
+                  dict(backend=backend))
+    x = torch.randn(3, 2)
+    model.head.fc(x)   # the "loss" path
+    assert not graphs and isinstance(vars(model.head)['forward'], CompiledWhileTraining)
+    hooks[0].after_train_iter(None, 0)
+    assert 'forward' not in vars(model.head)
+    assert 'forward' not in vars(model.head.scale)   # no parameters: left alone
+    out = model.head.fc(x)
+    assert len(graphs) == 1 and torch.allclose(out, x @ model.head.fc.weight.t()
+                                               + model.head.fc.bias)
+    hooks[0].after_train_iter(None, 1)   # now called: stays compiled
+    assert isinstance(vars(model.head.fc)['forward'], CompiledWhileTraining)
 
 
 def test_compile_option_trains_like_eager_to_lr_zero(data, tmp_path):

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from mmengine.config import Config
 from mmengine.logging import print_log
+from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 from mmengine.runner import Runner
 from torch.utils.checkpoint import checkpoint
@@ -52,24 +53,33 @@ def compile_model(runner: Runner, options: Optional[dict]) -> None:
     graph dozens of times in a few RetinaNet iterations, and mmseg's ``loss_by_feat``
     recompiled for every flip pattern of a batch (a label's size-1 stride follows the
     flip) until dynamo's limit. Compiled anyway, mmseg's loss made the demo's CPU step
-    slower (0.63 s against 0.50 s eager). mmdet's RoI heads do not call their own
-    ``forward`` in training, so Mask R-CNN's box and mask heads stay eager. Validation
-    and testing stay eager, as with mmengine.
+    slower (0.63 s against 0.50 s eager). A network whose own ``forward`` is not called
+    in training (mmdet's RoI heads call their box and mask heads directly) is handed
+    down to its sub-networks by :class:`CompileCalledForwards`. Validation and testing
+    stay eager, as with mmengine.
     """
     if options is None:
         return
     model = runner.model.module if is_model_wrapper(runner.model) else runner.model
     check_compile_backend(model, options)
-    names = []
-    for name, module in model.named_children():
-        if name == 'data_preprocessor' or next(module.parameters(), None) is None:
-            continue
-        module.forward = CompiledWhileTraining(module, options)
-        names.append(name)
+    names = _compile_networks(model.named_children(), options,
+                              skip=('data_preprocessor', ))
+    runner.register_hook(CompileCalledForwards(names, model, options), priority='VERY_LOW')
     print_log(f'torch.compile({options or ""}) applied to the training forward of '
               f'{", ".join(names)} in {type(model).__name__} (the losses and the optimizer '
               f'step stay eager); the first iterations compile and are slow.',
               logger='current')
+
+
+def _compile_networks(named_modules, options: dict, skip=()) -> List[str]:
+    """Compile the forward of each named module that holds parameters; their names."""
+    names = []
+    for name, module in named_modules:
+        if name in skip or next(module.parameters(), None) is None:
+            continue
+        module.forward = CompiledWhileTraining(module, options)
+        names.append(name)
+    return names
 
 
 class CompiledWhileTraining:
@@ -82,14 +92,45 @@ class CompiledWhileTraining:
     def __init__(self, module: torch.nn.Module, options: dict):
         self.module, self.eager = module, module.forward
         self.compiled = torch.compile(module.forward, **options)
+        self.called_in_training = False
 
     def __call__(self, *args, **kwargs):
-        return (self.compiled if self.module.training else self.eager)(*args, **kwargs)
+        if self.module.training:
+            self.called_in_training = True
+            return self.compiled(*args, **kwargs)
+        return self.eager(*args, **kwargs)
 
     def __deepcopy__(self, memo):
         # copy.deepcopy registers the new module before copying its attributes.
         copied = memo.get(id(self.module)) or copy.deepcopy(self.module, memo)
         return type(copied).forward.__get__(copied)
+
+
+class CompileCalledForwards(Hook):
+    """After a training iteration, a compiled network whose ``forward`` was not called
+    (mmdet's RoI heads run ``bbox_head`` / ``mask_head`` from ``loss``) goes back to
+    eager and its sub-networks are compiled instead, until every compiled forward is
+    one that training calls. Every rank takes the same decision (it depends on the
+    model's code only)."""
+
+    def __init__(self, names: List[str], model: torch.nn.Module, options: dict):
+        self.options = options
+        self.watched = [(name, model.get_submodule(name)) for name in names]
+
+    def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None) -> None:
+        watched, self.watched = self.watched, []
+        for name, module in watched:
+            if vars(module)['forward'].called_in_training:
+                continue
+            del module.forward   # back to the class's eager forward
+            children = _compile_networks(
+                ((f'{name}.{child}', sub) for child, sub in module.named_children()),
+                self.options)
+            self.watched += [(child, module.get_submodule(child.split('.')[-1]))
+                             for child in children]
+            print_log(f'torch.compile: the training step does not call the forward of {name}; '
+                      f'compiling {", ".join(children) or "nothing"} instead.',
+                      logger='current')
 
 
 def _checkpointed_random_layers(model: torch.nn.Module) -> List[str]:
