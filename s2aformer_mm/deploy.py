@@ -317,12 +317,22 @@ def build_model_from_config(config) -> nn.Module:
 
 def load_deploy_model(config, checkpoint: str) -> nn.Module:
     """Build ``config``'s model, switch it to the deploy form and load a deploy
-    checkpoint written by ``tools/deployment/fuse_checkpoint.py`` (strict)."""
+    checkpoint written by ``tools/deployment/fuse_checkpoint.py`` (strict).
+
+    Like the libraries' ``init_model`` / ``init_detector``, the model carries ``cfg``
+    and the checkpoint's ``dataset_meta``, so mmseg's ``inference_model`` and mmdet's
+    ``inference_detector`` accept it."""
+    from mmengine.config import Config
+
     from .checkpoint import is_deploy_checkpoint, safe_load
-    model = switch_to_deploy(build_model_from_config(config))
+    cfg = Config.fromfile(config) if isinstance(config, str) else config
+    model = switch_to_deploy(build_model_from_config(cfg))
     ckpt = safe_load(checkpoint)
     if not is_deploy_checkpoint(ckpt):
         raise ValueError(f'{checkpoint} is not a deploy-form checkpoint (no meta.s2aformer_deploy); '
                          'load it into the training-form model and call switch_to_deploy().')
     model.load_state_dict(ckpt['state_dict'], strict=True)
+    model.cfg = cfg
+    if ckpt['meta'].get('dataset_meta') is not None:
+        model.dataset_meta = ckpt['meta']['dataset_meta']
     return model

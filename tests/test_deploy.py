@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -317,6 +318,34 @@ def test_fuse_checkpoint_tool(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(ClassifierLogits(deployed.eval())(x),
                                    ClassifierLogits(reference.eval())(x), atol=1e-4, rtol=1e-4)
+
+
+def test_deploy_checkpoint_through_library_apis(tmp_path):
+    """mmseg's own API: init_model refuses a deploy checkpoint (mmengine loads with
+    strict=False and would only warn), and load_deploy_model's model runs in
+    inference_model with the training checkpoint's predictions and dataset_meta."""
+    from mmseg.apis import inference_model, init_model
+
+    from s2aformer_mm.checkpoint import CheckpointMismatchError
+    from s2aformer_mm.deploy import load_deploy_model
+    from s2aformer_mm.engine.launch import save_initial_checkpoint
+    config = str(REPO / 'configs/demo/fpn_s2aformer_mini_ade20k_demo.py')
+    ckpt = save_initial_checkpoint(config, str(tmp_path / 'init.pth'))
+    state = torch.load(ckpt, weights_only=True)
+    meta = dict(classes=tuple(f'c{i}' for i in range(150)), palette=[[0, 0, 0]] * 150)
+    state['meta']['dataset_meta'] = meta
+    torch.save(state, ckpt)
+    _deploy_tool('fuse_checkpoint', config, ckpt, tmp_path / 'deploy.pth')
+    with pytest.raises(CheckpointMismatchError, match=r'(?s)backbone are S2AFormer.s deploy form'
+                       r'.*load_deploy_model'):
+        init_model(config, str(tmp_path / 'deploy.pth'), device='cpu')
+    deployed = load_deploy_model(config, str(tmp_path / 'deploy.pth'))
+    assert deployed.dataset_meta['classes'] == meta['classes']
+    image = np.random.default_rng(0).integers(0, 255, (96, 128, 3), dtype=np.uint8)
+    with torch.no_grad():
+        got = inference_model(deployed, image).seg_logits.data
+        want = inference_model(init_model(config, ckpt, device='cpu'), image).seg_logits.data
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
 
 
 # --------------------------------------------------------------------------- compile

@@ -24,7 +24,7 @@ from mmengine.model.weight_init import (constant_init, normal_init,
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from .. import deploy as _dp
-from ..checkpoint import load_backbone_pretrained
+from ..checkpoint import CheckpointMismatchError, load_backbone_pretrained
 
 STEM_CHANNELS = (16, 16, 32)
 #: The smallest input side the network accepts: stem (/2) + four 2x2 patch
@@ -492,6 +492,20 @@ class HybridPerceptionBlock(BaseModule):
         return self._forward(x)
 
 
+def _refuse_deploy_weights(module: 'S2AFormer', state_dict, prefix, *args) -> None:
+    """Deploy-form weights (LayerNorm affines folded away, so ``norm1.weight`` is gone)
+    in a training-form model: the libraries' loaders (mmengine's ``load_checkpoint``,
+    ``strict=False``) would only warn and the model would predict wrongly."""
+    if (not module.deploy and f'{prefix}stages.0.0.attn.q.weight' in state_dict
+            and f'{prefix}stages.0.0.norm1.weight' not in state_dict):
+        raise CheckpointMismatchError(
+            f'The weights loaded into {prefix.rstrip(".") or "the backbone"} are S2AFormer\'s '
+            f'deploy form (tools/deployment/fuse_checkpoint.py or switch_to_deploy()), which '
+            f'the training-form model cannot use. Load them with '
+            f's2aformer_mm.deploy.load_deploy_model(CONFIG, CHECKPOINT), or load the training '
+            f'checkpoint and call s2aformer_mm.deploy.switch_to_deploy(model).')
+
+
 class S2AFormer(BaseModule):
     """S2AFormer backbone.
 
@@ -600,6 +614,7 @@ class S2AFormer(BaseModule):
             if isinstance(m, nn.Conv2d):
                 m.weight.data = m.weight.data.to(memory_format=torch.channels_last)
         self._freeze_stages()
+        self.register_load_state_dict_pre_hook(_refuse_deploy_weights)
 
     # ------------------------------------------------------------------ config
     @classmethod
