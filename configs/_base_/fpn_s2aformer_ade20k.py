@@ -7,7 +7,8 @@ _base_ = [
     'mmseg::_base_/default_runtime.py', 'mmseg::_base_/schedules/schedule_40k.py'
 ]
 
-# BN instead of the base's SyncBN, which fails on CPU and in a single process.
+# BN instead of the base's SyncBN, which needs CUDA in distributed runs (mmengine reverts it
+# only without a process group), so that one config runs on CPU and GPU alike.
 # The base dicts captured SyncBN when they were parsed, so overriding this
 # top-level name is not enough: decode_head.norm_cfg is set explicitly below.
 norm_cfg = dict(type='BN', requires_grad=True)
