@@ -21,18 +21,21 @@ of that best GEMM (%GEMM) and of torch.matmul alone (%mm).
 Mask R-CNN (800x1333) inference (``mode='tensor'``: network forward without
 post-processing) for ``--dense-variant``, and ``--train`` a training step
 (forward + backward + AdamW step; time + peak memory) for one config per task
-(classification batch 16 at 224^2, Semantic FPN batch 2 at 512^2, RetinaNet
-batch 1 at 800x1333), plus rows under bf16 autocast (``--amp``) and with
-gradient checkpointing (``--with-cp``). ``--attn-memory`` measures the RetinaNet
+(classification batch 16 at 224^2, Semantic FPN batch 2 at 512^2, RetinaNet and
+Mask R-CNN batch 1 at 800x1333; by default all but Mask R-CNN), plus rows under
+autocast (``--amp``: fp16 with loss scaling on CUDA, bf16 on CPU, as the training
+tools' ``--amp``) and with gradient checkpointing (``--with-cp``). ``--dense-tasks``
+picks the tasks of both; classification only has a training row (its inference is
+the classifier benchmark). ``--attn-memory`` measures the RetinaNet
 training step with the literal attention formula (``fused_attn=False``) and with
 the strip-attention kernel. Every dense/training measurement runs in a fresh
 child process; on CPU "peak" is the process's peak RSS during the timed steps
 (Linux: ``VmHWM``, reset after the model is built) and "built" its RSS before
 them; on GPU ``torch.cuda.max_memory_allocated``.
 
-Each process first applies :func:`s2aformer_mm.runtime.tune_cpu_allocator` for its
-use (inference or training), as the train/test tools do on CPU
-(``--default-allocator`` to measure glibc's defaults).
+When timing on the CPU, each process first applies
+:func:`s2aformer_mm.runtime.tune_cpu_allocator` for its use (inference or training),
+as the train/test tools do (``--default-allocator`` to measure glibc's defaults).
 
 Examples (CPU numbers are only comparable at the same thread count on a quiet
 machine)::
@@ -67,12 +70,16 @@ from s2aformer_mm.deploy import (ClassifierLogits, build_model_from_config, expo
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CLS_CONFIG = os.path.join(REPO, 'configs', 'mmpretrain', 's2aformer_{}_4xb256_in1k.py')
-DENSE = {  # task -> (config pattern, input H, W)
-    'classification': ('configs/mmpretrain/s2aformer_{}_4xb256_in1k.py', 224, 224),
-    'semantic-fpn': ('configs/mmseg/fpn_s2aformer_{}_ade20k.py', 512, 512),
-    'retinanet': ('configs/mmdet/retinanet_s2aformer_{}_fpn_1x_coco.py', 800, 1333),
-    'mask-rcnn': ('configs/mmdet/mask-rcnn_s2aformer_{}_fpn_1x_coco.py', 800, 1333),
+DENSE = {  # task -> (config pattern, input H, W, --train batch)
+    'classification': ('configs/mmpretrain/s2aformer_{}_4xb256_in1k.py', 224, 224, 16),
+    'semantic-fpn': ('configs/mmseg/fpn_s2aformer_{}_ade20k.py', 512, 512, 2),
+    'retinanet': ('configs/mmdet/retinanet_s2aformer_{}_fpn_1x_coco.py', 800, 1333, 1),
+    'mask-rcnn': ('configs/mmdet/mask-rcnn_s2aformer_{}_fpn_1x_coco.py', 800, 1333, 1),
 }
+#: Tasks without ``--dense-tasks``. Classification inference is the classifier benchmark's,
+#: so ``--dense`` never runs it; Mask R-CNN training is left out of the default for time.
+DEFAULT_TASKS = {'dense': ['semantic-fpn', 'retinanet', 'mask-rcnn'],
+                 'train': ['classification', 'semantic-fpn', 'retinanet']}
 
 
 #: The paper's Table III rows that have a timm model: timm name -> (Table III name,
@@ -112,6 +119,26 @@ def table3_peers(arch, within=0.5):
     """timm models whose Table III top-1 is within ``within`` points of the variant's."""
     return [name for name, (_, _, top1) in TABLE3_TIMM.items()
             if abs(top1 - S2A_TOP1[arch]) <= within + 1e-9]
+
+
+# --------------------------------------------------------------------------- runtime
+def amp_dtype(device_type):
+    """``--amp``'s autocast dtype, the training tools' choice (engine/launch.py
+    ``apply_amp``): fp16 (AmpOptimWrapper) on CUDA, bf16 on CPU."""
+    return torch.float16 if device_type == 'cuda' else torch.bfloat16
+
+
+AMP_NAMES = {torch.float16: 'fp16', torch.bfloat16: 'bf16'}
+
+
+def cpu_allocator(device_type, default_allocator, use='inference'):
+    """Tune glibc for ``use`` only where the timed work runs on the CPU (GPU runs time
+    no CPU rows: ONNX Runtime is skipped there); returns the line to log."""
+    if device_type != 'cpu':
+        return f'CPU allocator: glibc defaults (timing on {device_type}; tuned for CPU only)'
+    if default_allocator:
+        return 'CPU allocator: glibc defaults (--default-allocator)'
+    return tune_cpu_allocator(use)
 
 
 # --------------------------------------------------------------------------- timing
@@ -306,11 +333,11 @@ def _seg_inputs(model, batch, h, w):
 
 def child(spec):
     """One dense measurement in this (fresh) process; prints a JSON line."""
-    if spec['tune_alloc']:
-        tune_cpu_allocator('train' if spec['train'] else 'inference')
+    cpu_allocator(spec['device'], spec['default_allocator'],
+                  'train' if spec['train'] else 'inference')
     torch.set_num_threads(spec['threads'])
     device = torch.device(spec['device'])
-    cfg_path, h, w = DENSE[spec['task']]
+    cfg_path, h, w, _ = DENSE[spec['task']]
     from mmengine.config import Config
     cfg = Config.fromfile(os.path.join(REPO, cfg_path.format(spec['variant'])))
     cfg.model.backbone.pop('init_cfg', None)
@@ -328,10 +355,14 @@ def child(spec):
     else:
         data = _det_inputs(model, batch, h, w, spec['task'] == 'mask-rcnn')
     data = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in data.items()}
-    amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=spec['amp'])
+    dtype = amp_dtype(device.type)
+    amp = torch.autocast(device.type, dtype=dtype, enabled=spec['amp'])
     if spec['train']:
         model.train()
         opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+        # fp16 steps pay for dynamic loss scaling, as under AmpOptimWrapper; else a no-op.
+        scaler = torch.amp.GradScaler(device.type,
+                                      enabled=spec['amp'] and dtype == torch.float16)
 
         def fn():
             with amp:
@@ -339,8 +370,9 @@ def child(spec):
             loss = sum(v.sum() if torch.is_tensor(v) else sum(v) for k, v in losses.items()
                        if 'loss' in k)
             opt.zero_grad()
-            loss.backward()
-            opt.step()
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
     else:
         if spec['deploy']:
             switch_to_deploy(model)
@@ -405,38 +437,51 @@ def run_child(spec, rows, label):
     if proc.returncode or line is None:
         raise RuntimeError(f'{label} failed (rc {proc.returncode}):\n{proc.stderr[-3000:]}')
     res = json.loads(line[len('RESULT '):])
-    _, h, w = DENSE[spec['task']]
+    _, h, w, _ = DENSE[spec['task']]
     rows.append(dict(model=f"{spec['task']}-s2aformer-{spec['variant']}", form=label,
                      with_cp=spec.get('with_cp', False),
                      device=spec['device'], threads=spec['threads'], batch=spec['batch'],
                      shape=[h, w], median_ms=res['median_ms'], peak_mib=res['peak_mib'],
-                     model_mib=res['base_mib'], amp=spec['amp']))
+                     model_mib=res['base_mib'],
+                     amp=AMP_NAMES[amp_dtype(spec['device'])] if spec['amp'] else None))
     print(f"  {rows[-1]['model']:30s} {label:34s} {res['median_ms']:9.1f} ms  "
           f"peak {res['peak_mib']:8.0f} MiB (after build {res['base_mib']:.0f})", flush=True)
 
 
-def bench_dense(args, device, rows):
+def dense_plan(args, device):
+    """``(child spec, row label)`` of every dense / training measurement, in run order."""
     base = dict(variant=args.dense_variant, device=device.type, threads=args.threads,
                 warmup=1, rounds=args.dense_rounds, amp=False, fused=True, deploy=False,
-                tune_alloc=not args.default_allocator)
+                default_allocator=args.default_allocator)
+    plan = []
     if args.dense:
-        for task in [t for t in args.dense_tasks if t != 'classification']:
+        for task in args.dense_tasks or DEFAULT_TASKS['dense']:
+            if task == 'classification':
+                continue
             for deploy in (False, True):
-                spec = dict(base, task=task, train=False, batch=1, deploy=deploy)
-                run_child(spec, rows, 'inference ' + ('deploy' if deploy else 'train-form eval'))
+                plan.append((dict(base, task=task, train=False, batch=1, deploy=deploy),
+                             'inference ' + ('deploy' if deploy else 'train-form eval')))
     if args.train:
         modes = [('train step', {})]
         if args.amp:
-            modes.append(('train step bf16 autocast', dict(amp=True)))
+            modes.append((f'train step {AMP_NAMES[amp_dtype(device.type)]} autocast',
+                          dict(amp=True)))
         if args.with_cp:
             modes.append(('train step with_cp', dict(with_cp=True)))
-        for task, batch in (('classification', 16), ('semantic-fpn', 2), ('retinanet', 1)):
+        for task in args.dense_tasks or DEFAULT_TASKS['train']:
             for label, extra in modes:
-                run_child(dict(base, task=task, train=True, batch=batch, **extra), rows, label)
+                plan.append((dict(base, task=task, train=True, batch=DENSE[task][3], **extra),
+                             label))
     if args.attn_memory:
         for fused in (False, True):
-            spec = dict(base, task='retinanet', train=True, batch=1, fused=fused)
-            run_child(spec, rows, 'train step, attn ' + ('strip kernel' if fused else 'formula'))
+            plan.append((dict(base, task='retinanet', train=True, batch=1, fused=fused),
+                         'train step, attn ' + ('strip kernel' if fused else 'formula')))
+    return plan
+
+
+def bench_dense(args, device, rows):
+    for spec, label in dense_plan(args, device):
+        run_child(spec, rows, label)
 
 
 # --------------------------------------------------------------------------- main
@@ -492,7 +537,7 @@ def print_table(rows, peak):
                   f"{r['threads']:3d} {r['median_ms']:9.1f} {r['peak_mib']:9.0f} {r['model_mib']:9.0f}")
 
 
-def main(argv=None):
+def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--variants', nargs='*', default=['t'], choices=list(S2AFormer.arch_zoo))
@@ -514,27 +559,35 @@ def main(argv=None):
     p.add_argument('--attn-memory', action='store_true',
                    help='RetinaNet training-step memory, formula vs strip-kernel attention')
     p.add_argument('--amp', action='store_true',
-                   help='--train also under bf16 autocast (CPU or GPU)')
+                   help="--train also under autocast, as the training tools' --amp: fp16 "
+                   "(with loss scaling) on CUDA, bf16 on CPU")
     p.add_argument('--with-cp', action='store_true',
                    help='--train also with gradient checkpointing of the backbone')
     p.add_argument('--dense-variant', default='s', choices=list(S2AFormer.arch_zoo))
-    p.add_argument('--dense-tasks', nargs='+', default=[t for t in DENSE if t != 'classification'],
-                   choices=[t for t in DENSE if t != 'classification'])
+    p.add_argument('--dense-tasks', nargs='+', choices=list(DENSE), metavar='TASK',
+                   help=f"tasks of --dense and --train, of {', '.join(DENSE)} (default: "
+                   f"--dense {' '.join(DEFAULT_TASKS['dense'])}; --train "
+                   f"{' '.join(DEFAULT_TASKS['train'])}). classification only has a --train "
+                   "row: its inference is the classifier benchmark")
     p.add_argument('--dense-rounds', type=int, default=3)
     p.add_argument('--default-allocator', action='store_true',
-                   help="keep glibc's malloc defaults (see s2aformer_mm/runtime.py)")
+                   help="keep glibc's malloc defaults on CPU (see s2aformer_mm/runtime.py; "
+                   "GPU runs never tune it)")
     p.add_argument('--json', help='also write the rows to this file')
     p.add_argument('--child', help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
     if args.child:
         return child(json.loads(args.child))
 
-    alloc = ("CPU allocator: glibc defaults (--default-allocator)" if args.default_allocator
-             else tune_cpu_allocator())
+    device = torch.device(args.device)
+    alloc = cpu_allocator(device.type, args.default_allocator)
     if args.peers:
         args.timm += [n for a in args.variants for n in table3_peers(a) if n not in args.timm]
     torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
     print(alloc)
     print(f'torch {torch.__version__}, device {device}'
           + (f' ({torch.cuda.get_device_name()})' if device.type == 'cuda' else '')
