@@ -767,3 +767,89 @@ def test_detectors_odd_sizes(config, score_thr):
         assert (boxes[:, 2] >= boxes[:, 0]).all() and (boxes[:, 3] >= boxes[:, 1]).all()
         if 'masks' in result.pred_instances:
             assert tuple(result.pred_instances.masks.shape[1:]) == (h, w)
+
+
+# --------------------------------------------------------------------------- 7. CPU copy on CUDA
+def _rewrite(cfg, monkeypatch, cuda, amp=False):
+    """The tools' device-dependent rewriting of ``cfg`` for a 2-process run (run_train's
+    order), on a machine with or without CUDA; returns the backend it initialises."""
+    from s2aformer_mm.engine import launch
+
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: cuda)
+    used = []
+
+    def init_distributed(launcher, backend=None):  # its choice of a default backend
+        used.append(backend or ('nccl' if cuda else 'gloo'))
+        return used[-1]
+
+    monkeypatch.setattr(launch, 'init_distributed', init_distributed)
+    monkeypatch.setattr(launch, 'get_dist_info', lambda: (0, 2))
+    cfg.launcher = 'pytorch'
+    launch.apply_cpu_memory_defaults(cfg)
+    launch.apply_amp(cfg, amp)
+    launch.setup_distributed(cfg)
+    return used[0]
+
+
+def _cpu_copy(tmp_path, monkeypatch, **options):
+    """The config copy a CPU run of the FPN config with --amp writes to its work dir."""
+    cfg = Config.fromfile(str(REPO / SEG_CFG))
+    cfg.merge_from_dict(options)
+    assert _rewrite(cfg, monkeypatch, cuda=False, amp=True) == 'gloo'
+    cfg.dump(str(tmp_path / 'copy.py'))  # what Runner.dump_config does
+    return Config.fromfile(str(tmp_path / 'copy.py'))
+
+
+def test_cpu_config_copy_on_cuda_uses_nccl_and_mmengine_ddp(tmp_path, monkeypatch):
+    """The copy names CPUDistributedDataParallel and gloo; on CUDA it gets mmengine's DDP
+    wrapper (same options) and nccl. A gloo the user chose without our wrapper stays."""
+    dumped = _cpu_copy(tmp_path, monkeypatch)
+    assert dumped.model_wrapper_cfg.type == 'CPUDistributedDataParallel'
+    assert dumped.env_cfg.dist_cfg.backend == 'gloo'
+    assert _rewrite(dumped, monkeypatch, cuda=True) == 'nccl'
+    assert dumped.model_wrapper_cfg == dict(type='MMDistributedDataParallel',
+                                            find_unused_parameters=False,
+                                            broadcast_buffers=False)
+    assert dumped.env_cfg.dist_cfg.backend == 'nccl'
+    user = Config.fromfile(str(REPO / SEG_CFG))
+    user.env_cfg.dist_cfg.backend = 'gloo'
+    assert _rewrite(user, monkeypatch, cuda=True) == 'gloo'
+    assert user.get('model_wrapper_cfg') is None
+
+
+def test_cpu_config_copy_on_cuda_uses_fp16_amp(tmp_path, monkeypatch):
+    """--amp on the CPU writes BF16AutocastOptimWrapper (CPU autocast: fp32 on CUDA); on
+    CUDA the copy trains with the AMP of --amp there, without --amp."""
+    dumped = _cpu_copy(tmp_path, monkeypatch)
+    assert dumped.optim_wrapper.type == 'BF16AutocastOptimWrapper'
+    _rewrite(dumped, monkeypatch, cuda=True)
+    assert dumped.optim_wrapper.type == 'AmpOptimWrapper'
+    assert dumped.optim_wrapper.loss_scale == 'dynamic'
+
+
+def test_cpu_config_copy_on_cuda_drops_only_the_tools_with_cp(tmp_path, monkeypatch):
+    """with_cp=True set by the CPU memory default is recorded in the copy and removed on
+    CUDA; set by the user (config or --cfg-options on a rerun) it stays."""
+    from s2aformer_mm.engine.launch import load_config, parse_train_args
+
+    dumped = _cpu_copy(tmp_path, monkeypatch)
+    assert dumped.model.backbone.with_cp is True
+    assert dumped._s2aformer_cpu_defaults == ['model.backbone.with_cp']
+    again = Config.fromfile(str(tmp_path / 'copy.py'))  # a CPU rerun keeps the record
+    _rewrite(again, monkeypatch, cuda=False)
+    assert again._s2aformer_cpu_defaults == ['model.backbone.with_cp']
+    _rewrite(dumped, monkeypatch, cuda=True)
+    assert 'with_cp' not in dumped.model.backbone and '_s2aformer_cpu_defaults' not in dumped
+
+    monkeypatch.setenv('LOCAL_RANK', '0')
+    rerun, _ = load_config(parse_train_args([
+        str(tmp_path / 'copy.py'), '--work-dir', str(tmp_path / 'w'),
+        '--cfg-options', 'model.backbone.with_cp=True']))
+    assert '_s2aformer_cpu_defaults' not in rerun
+    _rewrite(rerun, monkeypatch, cuda=True)
+    assert rerun.model.backbone.with_cp is True
+
+    user = _cpu_copy(tmp_path, monkeypatch, **{'model.backbone.with_cp': True})
+    assert '_s2aformer_cpu_defaults' not in user
+    _rewrite(user, monkeypatch, cuda=True)
+    assert user.model.backbone.with_cp is True

@@ -37,6 +37,10 @@ from .tta import apply_tta
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 #: scope -> argument of tools/data/generate_demo_data.py, for error messages
 DEMO_KIND = {'mmpretrain': 'imagenet', 'mmseg': 'ade20k', 'mmdet': 'coco'}
+#: top-level config key listing the options (dotted keys) the tools set only because CUDA
+#: was missing. It travels in the work dir's config copy, so that the copy, run again on
+#: CUDA, gets the GPU settings; the Runner ignores keys it does not know.
+CPU_DEFAULTS = '_s2aformer_cpu_defaults'
 
 
 # --------------------------------------------------------------------------- arguments
@@ -91,6 +95,14 @@ def parse_test_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 
 
 # --------------------------------------------------------------------------- config
+def _set_cpu_defaults(cfg: Config, keys: List[str]) -> None:
+    """Record ``keys`` as the CPU defaults of ``cfg`` (none: drop the key)."""
+    if keys:
+        cfg[CPU_DEFAULTS] = keys
+    else:
+        cfg.pop(CPU_DEFAULTS, None)
+
+
 def load_config(args: argparse.Namespace) -> Tuple[Config, str]:
     """Read the config, apply ``--cfg-options`` / work dir / launcher; return (cfg, scope)."""
     if not osp.isfile(args.config):
@@ -98,6 +110,8 @@ def load_config(args: argparse.Namespace) -> Tuple[Config, str]:
     cfg = Config.fromfile(args.config)
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
+        if cfg.get(CPU_DEFAULTS):  # an option given now is the user's, not a CPU default
+            _set_cpu_defaults(cfg, [k for k in cfg[CPU_DEFAULTS] if k not in args.cfg_options])
     scope = cfg.get('default_scope')
     if scope not in SUPPORTED:
         raise UsageError(f'{args.config}: default_scope={scope!r}; it must name the library that '
@@ -138,8 +152,30 @@ def quiet_other_ranks(launcher: str) -> None:
                 handler.setLevel(logging.ERROR)
 
 
+def _undo_cpu_ddp(cfg: Config) -> None:
+    """On CUDA, map the CPU DDP set-up of a config copy written on the CPU back:
+    :class:`CPUDistributedDataParallel` (only the tools select it) becomes mmengine's
+    wrapper, and the gloo backend that came with it nccl."""
+    wrapper = cfg.get('model_wrapper_cfg')
+    if not isinstance(wrapper, dict) or wrapper.get('type') != 'CPUDistributedDataParallel':
+        return
+    wrapper['type'] = 'MMDistributedDataParallel'
+    # CPUDistributedDataParallel's default, and that of mmengine's default wrapper
+    wrapper.setdefault('broadcast_buffers', False)
+    print_log('model_wrapper_cfg.type=CPUDistributedDataParallel (written by the tools on a '
+              'machine without CUDA): using MMDistributedDataParallel on CUDA.',
+              logger='current', level=logging.WARNING)
+    dist_cfg = cfg.get('env_cfg', {}).get('dist_cfg', {})
+    if dist_cfg.get('backend') == 'gloo':
+        dist_cfg['backend'] = 'nccl'
+        print_log('env_cfg.dist_cfg.backend=gloo came with CPUDistributedDataParallel (the '
+                  'CPU fall-back): using nccl on CUDA.', logger='current', level=logging.WARNING)
+
+
 def setup_distributed(cfg: Config) -> None:
     """Initialise the process group before the Runner exists (it then skips init_dist)."""
+    if torch.cuda.is_available():
+        _undo_cpu_ddp(cfg)
     backend = cfg.get('env_cfg', {}).get('dist_cfg', {}).get('backend')
     if not torch.cuda.is_available() and backend == 'nccl':
         backend = None  # OpenMMLab defaults name nccl; fall back to gloo without CUDA
@@ -170,13 +206,27 @@ def apply_cpu_memory_defaults(cfg: Config) -> None:
     per training process on the CPU (7.5 GB with checkpointing), so two processes
     do not fit a 24 GB machine. ``with_cp`` gives identical outputs and gradients
     (tests/test_backbone.py), only memory and time change. A config or
-    ``--cfg-options`` that sets ``model.backbone.with_cp`` is left alone.
+    ``--cfg-options`` that sets ``model.backbone.with_cp`` is left alone. The default is
+    recorded in ``_s2aformer_cpu_defaults``, and undone on CUDA (where the recipes fit
+    without it), so the work dir's config copy trains on a GPU without checkpointing.
     """
     backbone = cfg.get('model', {}).get('backbone')
-    if (torch.cuda.is_available() or not isinstance(backbone, dict)
-            or not str(backbone.get('type', '')).endswith('S2AFormer') or 'with_cp' in backbone):
+    if (not isinstance(backbone, dict)
+            or not str(backbone.get('type', '')).endswith('S2AFormer')):
+        return
+    key, recorded = 'model.backbone.with_cp', list(cfg.get(CPU_DEFAULTS) or [])
+    if torch.cuda.is_available():
+        if key in recorded:
+            backbone.pop('with_cp', None)
+            _set_cpu_defaults(cfg, [k for k in recorded if k != key])
+            print_log(f'{key}=True was the CPU memory default of the tools (listed in '
+                      f'{CPU_DEFAULTS}): training on CUDA without gradient checkpointing. '
+                      f'Keep it with --cfg-options {key}=True.', logger='current')
+        return
+    if 'with_cp' in backbone:
         return
     backbone['with_cp'] = True
+    _set_cpu_defaults(cfg, recorded + [key])
     print_log('Training on the CPU: gradient checkpointing enabled in the S2AFormer backbone '
               '(same results, about half the activation memory). Disable it with '
               '--cfg-options model.backbone.with_cp=False.', logger='current')
@@ -191,9 +241,18 @@ def apply_cpu_runtime(use: str) -> None:
 
 
 def apply_amp(cfg: Config, enable: bool) -> None:
-    """fp16 ``AmpOptimWrapper`` on CUDA, :class:`BF16AutocastOptimWrapper` on CPU."""
+    """fp16 ``AmpOptimWrapper`` on CUDA, :class:`BF16AutocastOptimWrapper` on CPU.
+
+    Each maps to the other where it cannot work: a CPU config copy names the bf16
+    wrapper, whose CPU autocast would leave CUDA training in fp32.
+    """
     wrapper = cfg.optim_wrapper
     if torch.cuda.is_available():
+        if wrapper.get('type') == 'BF16AutocastOptimWrapper':
+            print_log("optim_wrapper is BF16AutocastOptimWrapper (the tools' AMP on the CPU), "
+                      'whose autocast covers CPU operations only; using fp16 AmpOptimWrapper on '
+                      'CUDA instead.', logger='current', level=30)
+            enable = True
         if enable and wrapper.get('type') != 'AmpOptimWrapper':
             wrapper.type = 'AmpOptimWrapper'
             wrapper.setdefault('loss_scale', 'dynamic')
