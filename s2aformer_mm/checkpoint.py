@@ -201,8 +201,7 @@ def load_backbone_pretrained(module: torch.nn.Module, init_cfg: dict) -> None:
         raise ValueError('Pretrained init_cfg needs checkpoint=<path to .pth>')
     prefix = init_cfg.get('prefix') or ''
     strict = init_cfg.get('strict', True)
-    ckpt = _training_form(safe_load(path, init_cfg.get('map_location', 'cpu')), path)
-    state = _state_dict(ckpt)
+    state = checkpoint_state_dict(path, init_cfg.get('map_location', 'cpu'))
     if prefix:
         state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
         if not state:
@@ -233,10 +232,10 @@ def compare_state_dicts(own: Dict, state: Dict):
     return missing, mismatched, unexpected
 
 
-def checkpoint_state_dict(path: str) -> Dict[str, torch.Tensor]:
+def checkpoint_state_dict(path: str, map_location='cpu') -> Dict[str, torch.Tensor]:
     """The weights in a training-form checkpoint file (its ``state_dict`` / ``model``,
     or the file itself if it is a bare state dict), loaded safely."""
-    return _state_dict(_training_form(safe_load(path), path))
+    return _state_dict(_training_form(safe_load(path, map_location), path))
 
 
 def check_state_dict(model: torch.nn.Module, state: Dict, path: str, what: str = 'this model',

@@ -7,15 +7,16 @@ the torch 2.14.1 behaviour :func:`check_compile_backend` guards against, is in
 ``docs/deployment.md`` section 4.
 """
 import copy
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from mmengine.config import Config
-from mmengine.logging import print_log
 from mmengine.hooks import Hook
+from mmengine.logging import print_log
 from mmengine.model import is_model_wrapper
 from mmengine.runner import Runner
+from torch.nn import Module
 from torch.utils.checkpoint import checkpoint
 
 from .errors import UsageError
@@ -62,24 +63,25 @@ def compile_model(runner: Runner, options: Optional[dict]) -> None:
         return
     model = runner.model.module if is_model_wrapper(runner.model) else runner.model
     check_compile_backend(model, options)
-    names = _compile_networks(model.named_children(), options,
-                              skip=('data_preprocessor', ))
-    runner.register_hook(CompileCalledForwards(names, model, options), priority='VERY_LOW')
+    compiled = _compile_networks(model.named_children(), options,
+                                 skip=('data_preprocessor', ))
+    runner.register_hook(CompileCalledForwards(compiled, options), priority='VERY_LOW')
     print_log(f'torch.compile({options or ""}) applied to the training forward of '
-              f'{", ".join(names)} in {type(model).__name__} (the losses and the optimizer '
-              f'step stay eager); the first iterations compile and are slow.',
+              f'{", ".join(name for name, _ in compiled)} in {type(model).__name__} (the '
+              f'losses and the optimizer step stay eager); the first iterations compile and '
+              f'are slow.',
               logger='current')
 
 
-def _compile_networks(named_modules, options: dict, skip=()) -> List[str]:
-    """Compile the forward of each named module that holds parameters; their names."""
-    names = []
+def _compile_networks(named_modules, options: dict, skip=()) -> List[Tuple[str, Module]]:
+    """Compile the forward of each named module that holds parameters; returns them."""
+    compiled = []
     for name, module in named_modules:
         if name in skip or next(module.parameters(), None) is None:
             continue
         module.forward = CompiledWhileTraining(module, options)
-        names.append(name)
-    return names
+        compiled.append((name, module))
+    return compiled
 
 
 class CompiledWhileTraining:
@@ -113,9 +115,8 @@ class CompileCalledForwards(Hook):
     one that training calls. Every rank takes the same decision (it depends on the
     model's code only)."""
 
-    def __init__(self, names: List[str], model: torch.nn.Module, options: dict):
-        self.options = options
-        self.watched = [(name, model.get_submodule(name)) for name in names]
+    def __init__(self, compiled: List[Tuple[str, Module]], options: dict):
+        self.watched, self.options = compiled, options
 
     def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None) -> None:
         watched, self.watched = self.watched, []
@@ -126,10 +127,9 @@ class CompileCalledForwards(Hook):
             children = _compile_networks(
                 ((f'{name}.{child}', sub) for child, sub in module.named_children()),
                 self.options)
-            self.watched += [(child, module.get_submodule(child.split('.')[-1]))
-                             for child in children]
+            self.watched += children
             print_log(f'torch.compile: the training step does not call the forward of {name}; '
-                      f'compiling {", ".join(children) or "nothing"} instead.',
+                      f'compiling {", ".join(n for n, _ in children) or "nothing"} instead.',
                       logger='current')
 
 

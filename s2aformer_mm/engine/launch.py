@@ -251,7 +251,7 @@ def apply_amp(cfg: Config, enable: bool) -> None:
         if wrapper.get('type') == 'BF16AutocastOptimWrapper':
             print_log("optim_wrapper is BF16AutocastOptimWrapper (the tools' AMP on the CPU), "
                       'whose autocast covers CPU operations only; using fp16 AmpOptimWrapper on '
-                      'CUDA instead.', logger='current', level=30)
+                      'CUDA instead.', logger='current', level=logging.WARNING)
             enable = True
         if enable and wrapper.get('type') != 'AmpOptimWrapper':
             wrapper.type = 'AmpOptimWrapper'
@@ -260,7 +260,8 @@ def apply_amp(cfg: Config, enable: bool) -> None:
     if enable or wrapper.get('type') == 'AmpOptimWrapper':
         if not enable:
             print_log('optim_wrapper is AmpOptimWrapper, which needs CUDA; using bf16 autocast '
-                      'on the CPU instead (BF16AutocastOptimWrapper).', logger='current', level=30)
+                      'on the CPU instead (BF16AutocastOptimWrapper).', logger='current',
+                      level=logging.WARNING)
         wrapper.type = 'BF16AutocastOptimWrapper'
         for key in ('loss_scale', 'dtype', 'use_fsdp'):
             wrapper.pop(key, None)
@@ -294,7 +295,7 @@ def _dataset_paths(ds, where: str) -> Iterator[Tuple[str, str, bool]]:
 def _evaluator_ann_files(cfg: Config, loader: str) -> Iterator[Tuple[str, str]]:
     """Yield (config key, path) of the ``ann_file`` of each evaluator scoring ``loader``."""
     name = loader.replace('_dataloader', '_evaluator')
-    evaluators = cfg.get(name) if name != loader else None
+    evaluators = cfg.get(name)
     if isinstance(evaluators, dict):
         evaluators = {name: evaluators}
     elif isinstance(evaluators, (list, tuple)):
