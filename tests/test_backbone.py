@@ -1,8 +1,13 @@
 """Unit tests of the S2AFormer backbone (mmpretrain-style API)."""
+import doctest
+import importlib
+import pkgutil
+
 import pytest
 import torch
 from torch.nn.modules.batchnorm import _BatchNorm
 
+import s2aformer_mm.models
 from s2aformer_mm import S2AFormer
 from s2aformer_mm.models.s2aformer import StripSelfAttention
 
@@ -154,3 +159,16 @@ def test_bad_input_errors():
         model(torch.randn(1, 1, 64, 64))
     with pytest.raises(ValueError, match='smaller than 32x32'):
         model(torch.randn(1, 3, 16, 64))
+
+
+def test_docstring_examples_run():
+    """The ``Example:`` sections in the models package run as written."""
+    package = s2aformer_mm.models
+    names = [package.__name__] + [m.name for m in pkgutil.iter_modules(package.__path__,
+                                                                     f'{package.__name__}.')]
+    attempted = 0
+    for name in names:
+        result = doctest.testmod(importlib.import_module(name), raise_on_error=False)
+        assert result.failed == 0, f'{result.failed} docstring example(s) failed in {name}'
+        attempted += result.attempted
+    assert attempted > 0

@@ -14,11 +14,13 @@ import torch.nn as nn
 from mmengine.registry import DefaultScope
 
 from s2aformer_mm import S2AFormer
-from s2aformer_mm.deploy import (ClassifierLogits, FusedConvAct, count_batchnorms, export_onnx,
-                                 fold_affine_into_conv_input, fuse_conv_act, is_deployed,
-                                 onnxruntime_session, switch_to_deploy)
-from s2aformer_mm.models import s2aformer as s2a_module
-from s2aformer_mm.models.s2aformer import PointwiseLinear, StripSelfAttention, strip_attention
+from s2aformer_mm.apis import ClassifierLogits, export_onnx, onnxruntime_session
+from s2aformer_mm.models import strip_attention as strip_attention_module
+from s2aformer_mm.models.reparam import (FusedConvAct, count_batchnorms,
+                                         fold_affine_into_conv_input, fuse_conv_act, is_deployed,
+                                         switch_to_deploy)
+from s2aformer_mm.models.s2aformer import PointwiseLinear, StripSelfAttention
+from s2aformer_mm.models.strip_attention import strip_attention
 
 REPO = Path(__file__).resolve().parents[1]
 CLS_CFG = 'configs/mmpretrain/s2aformer_mini_4xb256_in1k.py'
@@ -155,7 +157,7 @@ def test_strip_attention_gradcheck():
 @pytest.mark.parametrize('block', [1 << 22, 5000])  # one block / 7 blocks of queries
 def test_strip_attention_inference_path(monkeypatch, block):
     """Without autograd the kernel takes the block-softmax path (no log-sum-exp)."""
-    monkeypatch.setattr(s2a_module, 'STRIP_ATTN_INFER_BLOCK', block)
+    monkeypatch.setattr(strip_attention_module, 'STRIP_ATTN_INFER_BLOCK', block)
     q, k, v = torch.randn(2, 2, 700, 1) * 3, torch.randn(2, 2, 49, 1), torch.randn(2, 2, 49, 8)
     with torch.no_grad():
         out = strip_attention(q, k, v, 0.7)
@@ -219,7 +221,7 @@ def test_ssa_three_paths_equal(monkeypatch):
     monkeypatch.setattr(mod, 'strip_attention', lambda *a: calls.append(1) or real(*a))
     for mode in ('strip', 'sdpa', 'formula'):
         attn.fused = mode != 'formula'
-        monkeypatch.setattr(mod, '_use_strip_kernel', lambda q, strip=mode == 'strip': strip)
+        monkeypatch.setattr(mod, 'use_strip_kernel', lambda q, strip=mode == 'strip': strip)
         out = attn(x)
         grads = torch.autograd.grad(out.square().sum(), [x, attn.q.weight, attn.k.weight,
                                                          attn.v.weight])
@@ -305,7 +307,7 @@ def test_export_tool_wrong_arch_summarised(tmp_path):
 
 
 def test_fuse_checkpoint_tool(tmp_path):
-    from s2aformer_mm.deploy import build_model_from_config, load_deploy_model
+    from s2aformer_mm.apis import build_model_from_config, load_deploy_model
     from s2aformer_mm.engine.launch import save_initial_checkpoint
     ckpt = save_initial_checkpoint(str(REPO / CLS_CFG), str(tmp_path / 'init.pth'))
     out = _deploy_tool('fuse_checkpoint', CLS_CFG, ckpt, tmp_path / 'deploy.pth', '--check')
@@ -327,7 +329,7 @@ def test_deploy_checkpoint_through_library_apis(tmp_path):
     from mmseg.apis import inference_model, init_model
 
     from s2aformer_mm.checkpoint import CheckpointMismatchError
-    from s2aformer_mm.deploy import load_deploy_model
+    from s2aformer_mm.apis import load_deploy_model
     from s2aformer_mm.engine.launch import save_initial_checkpoint
     config = str(REPO / 'configs/demo/fpn_s2aformer_mini_ade20k_demo.py')
     ckpt = save_initial_checkpoint(config, str(tmp_path / 'init.pth'))

@@ -8,8 +8,8 @@ from mmpretrain.models.heads import ClsHead
 from mmpretrain.registry import MODELS
 from mmpretrain.structures import DataSample
 
-from .. import deploy as _dp
 from ..models import S2AFormer
+from ..models.reparam import fold_bn_into_conv, merge_linears
 
 MODELS.register_module(module=S2AFormer)
 
@@ -26,9 +26,16 @@ class S2AFormerClsHead(ClsHead):
     of the two), and their logits are averaged at inference.
 
     Args:
-        num_classes (int): Classes. in_channels (int): C4 of the backbone.
+        num_classes (int): Number of classes (> 0).
+        in_channels (int): Channels C4 of the backbone's last stage.
         hidden_channels (int): Width of the 1x1 conv. Defaults to 1280.
-        dropout (float): Dropout before the linear heads.
+        dropout (float): Dropout rate before the linear heads. Defaults to 0.
+        norm_cfg (dict): Norm after the 1x1 conv. Defaults to ``dict(type='BN')``.
+        act_cfg (dict): Activation after the norm. Defaults to ``dict(type='SiLU')``.
+        init_cfg (dict | list[dict], optional): mmengine init config. Defaults to
+            ``dict(type='TruncNormal', layer='Linear', std=.02)``.
+        **kwargs: Passed to mmpretrain's ``ClsHead`` (e.g. ``loss``, ``topk``,
+            ``cal_acc``).
     """
 
     def __init__(self, num_classes: int, in_channels: int, hidden_channels: int = 1280,
@@ -66,10 +73,10 @@ class S2AFormerClsHead(ClsHead):
             return self
         self.eval()
         if isinstance(self.norm, nn.modules.batchnorm._BatchNorm):
-            _dp.fold_bn_into_conv(self.conv, self.norm)
+            fold_bn_into_conv(self.conv, self.norm)
             self.norm = nn.Identity()
         self.dropout = nn.Identity()
-        self.head = _dp.merge_linears(self.head, self.head_dist)
+        self.head = merge_linears(self.head, self.head_dist)
         self.head_dist = None
         return self.eval()
 

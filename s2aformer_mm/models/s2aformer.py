@@ -4,8 +4,12 @@ Paper: "S2AFormer: Strip Self-Attention for Efficient Vision Transformer" (Xu et
 al.). No official code exists; the layer list follows ``docs/architecture.md``,
 which was fitted to every count the paper publishes (Tables II-VIII). Equation numbers below refer to the paper.
 
-The module depends on torch, mmengine and mmcv only, so it is shared unchanged by
-the mmpretrain, mmsegmentation and mmdetection registrations in
+This module holds the building blocks (stem, patch embedding, SSA, LIM, FFN, HPB)
+and :class:`S2AFormer`; the strip-attention operator is in
+:mod:`~s2aformer_mm.models.strip_attention` and the deploy-form folds in
+:mod:`~s2aformer_mm.models.reparam`. The models depend on torch, mmengine and mmcv
+only (and :mod:`s2aformer_mm.checkpoint` for ``Pretrained`` loading), so they are
+shared unchanged by the mmpretrain, mmsegmentation and mmdetection registrations in
 ``s2aformer_mm.integrations``.
 """
 import copy
@@ -23,8 +27,9 @@ from mmengine.model.weight_init import (constant_init, normal_init,
                                         trunc_normal_init)
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .. import deploy as _dp
 from ..checkpoint import CheckpointMismatchError, load_backbone_pretrained
+from . import reparam
+from .strip_attention import strip_attention, use_strip_kernel
 
 STEM_CHANNELS = (16, 16, 32)
 #: The smallest input side the network accepts: stem (/2) + four 2x2 patch
@@ -53,116 +58,6 @@ def _to_channels_last_ln(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return y
     return norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
-# --------------------------------------------------------------------------- attention
-#: Elements of one ``(B, h, rows, Ns)`` probability block in the strip-attention
-#: backward (4 MiB in fp32): at 800x1333 fwd+bwd of a stage-1 block took 186 ms
-#: (2^20), 223 ms (2^18), 196 ms (2^22), 643 ms for the literal formula.
-STRIP_ATTN_BLOCK = 1 << 20
-#: The same for the forward (16 MiB): nothing of a block is kept for backward, so
-#: fewer, larger ops win; still bounded at detection sizes (one block at 224^2).
-STRIP_ATTN_INFER_BLOCK = 1 << 22
-
-
-def _block_rows(q: torch.Tensor, k: torch.Tensor, block: int) -> int:
-    return max(16, block // max(1, q.shape[0] * q.shape[1] * k.shape[-2]))
-
-
-@torch.library.custom_op('s2aformer::strip_attention', mutates_args=())
-def _strip_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                        scale: float) -> torch.Tensor:
-    """Forward of :func:`strip_attention`: ``softmax(q * scale k^T) v`` in blocks of
-    rows. The logits of a head are rank-1, so a block is an outer product (no GEMM)."""
-    # Dense per-head layouts: q/k/v arrive as strided views of channels-last conv
-    # outputs, and the block loop slices them many times (2.5x slower strided).
-    q, v = q.contiguous(), v.contiguous()
-    kt = k.transpose(-2, -1).contiguous() * scale                        # B h 1 Ns
-    rows = _block_rows(q, k, STRIP_ATTN_INFER_BLOCK)
-    if q.shape[-2] <= rows:
-        return torch.softmax(q * kt, -1) @ v
-    return torch.cat([torch.softmax(q[..., s:s + rows, :] * kt, -1) @ v
-                      for s in range(0, q.shape[-2], rows)], -2)
-
-
-@_strip_attention_op.register_fake
-def _(q, k, v, scale):
-    return q.new_empty((*q.shape[:-1], v.shape[-1]))
-
-
-@torch.library.custom_op('s2aformer::strip_attention_backward', mutates_args=())
-def _strip_attention_backward_op(
-        dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-        out: torch.Tensor, scale: float) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Gradients of :func:`strip_attention` from ``q, k, v`` and the output only
-    (``O(N)`` saved): the probabilities are recomputed block by block -- the
-    flash-attention recurrences, specialised to 1-d queries and keys."""
-    q, v, dout = q.contiguous(), v.contiguous(), dout.contiguous()
-    kt = k.transpose(-2, -1).contiguous() * scale                       # B h 1 Ns
-    vt = v.transpose(-2, -1)
-    dq = torch.empty_like(q)
-    dk = torch.zeros(k.shape, dtype=k.dtype, device=k.device)           # B h Ns 1
-    dv = torch.zeros_like(v)
-    delta = (dout * out).sum(-1, keepdim=True)                          # B h N 1
-    rows = _block_rows(q, k, STRIP_ATTN_BLOCK)
-    for s in range(0, q.shape[-2], rows):
-        sl = slice(s, s + rows)
-        qc, do = q[..., sl, :], dout[..., sl, :]
-        p = torch.softmax(qc * kt, -1)                                  # B h n Ns
-        dv += p.transpose(-2, -1) @ do
-        ds = p * (do @ vt - delta[..., sl, :])                          # d logits
-        dq[..., sl, :] = ds @ kt.transpose(-2, -1)
-        dk += (qc.transpose(-2, -1) @ ds).transpose(-2, -1)
-    return dq, dk.mul_(scale), dv
-
-
-@_strip_attention_backward_op.register_fake
-def _(dout, q, k, v, out, scale):
-    def empty(t):
-        return torch.empty(t.shape, dtype=t.dtype, device=t.device)
-    return empty(q), empty(k), empty(v)
-
-
-def _strip_attention_setup(ctx, inputs, output):
-    q, k, v, scale = inputs
-    ctx.save_for_backward(q, k, v, output)
-    ctx.scale = scale
-
-
-def _strip_attention_grad(ctx, dout):
-    q, k, v, out = ctx.saved_tensors
-    return (*_strip_attention_backward_op(dout, q, k, v, out, ctx.scale), None)
-
-
-_strip_attention_op.register_autograd(_strip_attention_grad,
-                                      setup_context=_strip_attention_setup)
-
-
-def strip_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                    scale: float) -> torch.Tensor:
-    """``softmax(scale * q k^T, -1) v`` for ``q: (B, h, N, 1)``, ``k: (B, h, Ns, 1)``,
-    ``v: (B, h, Ns, d)``, in blocks of queries, with an O(N)-memory backward.
-
-    Equal to ``F.scaled_dot_product_attention`` up to rounding. It exists because
-    torch's CPU SDPA takes the math path when query/key and value head sizes
-    differ (here 1 vs ``C / h``), which materialises (and, for backward, keeps) the
-    whole ``N x Ns`` probability matrix per head -- 1 GiB per block in stage 1 of a
-    detector at 800x1333 -- and is 1.3-5x slower than this at 224^2. It is a
-    registered operator (``torch.ops.s2aformer.strip_attention``) so that
-    ``torch.compile`` calls it as one opaque op: inductor's own code for the
-    decomposed SDPA ran S2AFormer-T 2x slower than eager.
-    """
-    if q.dtype not in (torch.float32, torch.float64):
-        # bf16 / fp16 (autocast): the block softmax in fp32 -- still O(N) memory; SDPA's
-        # math path would keep the N x Ns matrix (RetinaNet-S step: +1.3 GiB in bf16).
-        with torch.autocast(q.device.type, enabled=False):
-            return _strip_attention_op(q.float(), k.float(), v.float(), scale).to(q.dtype)
-    return _strip_attention_op(q, k, v, scale)
-
-
-def _use_strip_kernel(q: torch.Tensor) -> bool:
-    """Eager and ``torch.compile`` (any float dtype). Exported, traced or scripted
-    graphs use SDPA: one op that ONNX, TorchScript and the FLOP counters know."""
-    return q.is_floating_point() and not _dp.in_exported_graph()
-
 
 class PointwiseLinear(nn.Linear):
     """A :class:`~torch.nn.Linear` over the channels of each pixel of an NCHW map.
@@ -171,61 +66,100 @@ class PointwiseLinear(nn.Linear):
     convolution: on channels-last maps that needs no permutes, and on CPU
     oneDNN's 1x1 convolution was 2-2.3x faster than the BLAS linear for SSA's
     shapes (48-256 channels) on the development machine.
+
+    Args:
+        in_features (int): Input channels.
+        out_features (int): Output channels.
+        bias (bool): Add a learnable bias. Defaults to True.
+        device (torch.device, optional): Where the parameters are created.
+            Defaults to None (torch's default device).
+        dtype (torch.dtype, optional): Parameter dtype. Defaults to None
+            (torch's default dtype).
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.conv2d(x, self.weight[:, :, None, None], self.bias)
 
 
-def _ln_affine_to_fold(norm: nn.Module) -> Tuple[torch.Tensor, torch.Tensor]:
-    """``(gamma, beta)`` of a token LayerNorm (to fold into what follows it)."""
-    if not isinstance(norm, nn.LayerNorm) or len(norm.normalized_shape) != 1:
-        raise NotImplementedError(f'deploy form folds a LayerNorm over channels, got {norm}')
-    c = norm.normalized_shape[0]
-    gamma = norm.weight.detach() if norm.weight is not None else torch.ones(c)
-    beta = norm.bias.detach() if norm.bias is not None else torch.zeros(c)
-    return gamma, beta
-
-
-def _plain_layer_norm(norm: nn.LayerNorm) -> nn.LayerNorm:
-    """The same LayerNorm without its affine part (folded elsewhere)."""
-    return nn.LayerNorm(norm.normalized_shape, eps=norm.eps, elementwise_affine=False)
-
-
 class ConvAct(Sequential):
-    """``Conv -> act -> BN``: the stem / FFN unit (activation *before* BN)."""
+    """``Conv -> act -> BN``: the stem / FFN unit (activation *before* BN).
 
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1,
-                 groups=1, act_cfg=dict(type='GELU'), norm_cfg=dict(type='BN')):
+    The conv has a bias and ``kernel_size // 2`` zero padding. Children (and
+    state-dict keys): ``0`` conv, ``1`` activation, ``2`` norm.
+
+    Args:
+        in_channels (int): Input channels.
+        out_channels (int): Output channels.
+        kernel_size (int): Square kernel size (odd: the padding keeps the size
+            at stride 1).
+        stride (int): Conv stride. Defaults to 1.
+        groups (int): Conv groups. Defaults to 1.
+        act_cfg (dict): mmcv activation config. Defaults to
+            ``dict(type='GELU')``.
+        norm_cfg (dict): mmcv norm config. Defaults to ``dict(type='BN')``.
+    """
+
+    def __init__(self,
+                 in_channels: int,
+                 out_channels: int,
+                 *,
+                 kernel_size: int,
+                 stride: int = 1,
+                 groups: int = 1,
+                 act_cfg: Dict = dict(type='GELU'),
+                 norm_cfg: Dict = dict(type='BN')):
         super().__init__(
-            nn.Conv2d(in_channels, out_channels, kernel_size, stride,
-                      kernel_size // 2, groups=groups),
+            nn.Conv2d(in_channels, out_channels, kernel_size=kernel_size, stride=stride,
+                      padding=kernel_size // 2, groups=groups),
             build_activation_layer(act_cfg),
             build_norm_layer(norm_cfg, out_channels)[1])
 
     def fuse_act(self) -> None:
-        """Deploy form: conv and activation as one :class:`~s2aformer_mm.deploy.FusedConvAct`."""
-        self[0], self[1] = _dp.fuse_conv_act(self[0], self[1])
+        """Deploy form: conv and activation as one
+        :class:`~s2aformer_mm.models.reparam.FusedConvAct`."""
+        self[0], self[1] = reparam.fuse_conv_act(self[0], self[1])
 
 
 class Stem(Sequential):
-    """Three 3x3 convs, the first with stride 2: 3 -> 16 -> 16 -> 32 channels."""
+    """Three 3x3 :class:`ConvAct` units, the first with stride 2:
+    ``in_channels -> 16 -> 16 -> 32`` channels (``STEM_CHANNELS``), total stride 2.
 
-    def __init__(self, in_channels=3, act_cfg=dict(type='GELU'),
-                 norm_cfg=dict(type='BN')):
+    Args:
+        in_channels (int): Input (image) channels. Defaults to 3.
+        act_cfg (dict): Activation of each unit. Defaults to ``dict(type='GELU')``.
+        norm_cfg (dict): Norm of each unit. Defaults to ``dict(type='BN')``.
+    """
+
+    def __init__(self,
+                 in_channels: int = 3,
+                 *,
+                 act_cfg: Dict = dict(type='GELU'),
+                 norm_cfg: Dict = dict(type='BN')):
         c1, c2, c3 = STEM_CHANNELS
         super().__init__(
-            ConvAct(in_channels, c1, 3, 2, act_cfg=act_cfg, norm_cfg=norm_cfg),
-            ConvAct(c1, c2, 3, 1, act_cfg=act_cfg, norm_cfg=norm_cfg),
-            ConvAct(c2, c3, 3, 1, act_cfg=act_cfg, norm_cfg=norm_cfg))
+            ConvAct(in_channels, c1, kernel_size=3, stride=2, act_cfg=act_cfg, norm_cfg=norm_cfg),
+            ConvAct(c1, c2, kernel_size=3, stride=1, act_cfg=act_cfg, norm_cfg=norm_cfg),
+            ConvAct(c2, c3, kernel_size=3, stride=1, act_cfg=act_cfg, norm_cfg=norm_cfg))
 
 
 class PatchEmbed(BaseModule):
-    """Down-sampling between stages: 2x2 conv with stride 2, then LayerNorm."""
+    """Down-sampling between stages: 2x2 conv with stride 2 (no padding: odd sizes
+    round down), then a token norm over channels.
 
-    def __init__(self, in_channels, out_channels, norm_cfg=dict(type='LN', eps=1e-6)):
+    Args:
+        in_channels (int): Input channels.
+        out_channels (int): Output channels.
+        norm_cfg (dict): Token norm config. Defaults to
+            ``dict(type='LN', eps=1e-6)``.
+    """
+
+    def __init__(self,
+                 in_channels: int,
+                 out_channels: int,
+                 *,
+                 norm_cfg: Dict = dict(type='LN', eps=1e-6)):
         super().__init__()
-        self.proj = nn.Conv2d(in_channels, out_channels, 2, 2)
+        self.proj = nn.Conv2d(in_channels, out_channels, kernel_size=2, stride=2)
         self.norm = build_norm_layer(norm_cfg, out_channels)[1]
 
     def forward(self, x):
@@ -242,22 +176,44 @@ class StripSelfAttention(BaseModule):
     BN, so ``Ns = N / sr^2``. The attention cost is therefore
     ``O(N * Ns * (1 + C/h))`` per head instead of ``O(N^2 * C)``.
 
+    The operator itself (paper Eq. 5) is
+    :func:`~s2aformer_mm.models.strip_attention.strip_attention`.
+
     Args:
-        dim (int): Channels C.
-        num_heads (int): Heads h.
-        sr_ratio (int): Spatial reduction ratio (kernel = stride = sr).
+        dim (int): Channels C of the input and output map.
+        num_heads (int): Heads h; must divide ``dim``.
+        sr_ratio (int): Spatial reduction ratio (kernel = stride = sr); 1 uses
+            no reduction (keys and values from every token). Defaults to 1.
         qk_scale (float, optional): Logit scale. The paper leaves "Scale" open;
-            the default ``(C / h) ** -0.5`` follows PVT, from which SSA derives.
+            None (the default) gives ``(C / h) ** -0.5``, following PVT, from
+            which SSA derives.
+        attn_drop (float): Dropout rate on the attention probabilities in
+            training (with ``fused``, applied through
+            ``F.scaled_dot_product_attention``). Defaults to 0.
+        proj_drop (float): Dropout rate after the output projection.
+            Defaults to 0.
+        norm_cfg (dict): Norm after the reduction conv (``sr_ratio > 1``).
+            Defaults to ``dict(type='BN')``.
         fused (bool): Use a fused attention: in eager mode and under
-            ``torch.compile`` the block-wise :func:`strip_attention` (never holds
-            the ``N x Ns`` matrix, O(N) memory for backward; computed in fp32 under
-            bf16/fp16 autocast), else ``F.scaled_dot_product_attention``
+            ``torch.compile`` the block-wise
+            :func:`~s2aformer_mm.models.strip_attention.strip_attention` (never
+            holds the ``N x Ns`` matrix, O(N) memory for backward; computed in
+            fp32 under bf16/fp16 autocast), else ``F.scaled_dot_product_attention``
             (exported/traced graphs, attention dropout).
             ``False`` runs the literal formula; all are equal up to rounding.
+            Defaults to True.
     """
 
-    def __init__(self, dim, num_heads, sr_ratio=1, qk_scale=None, attn_drop=0.,
-                 proj_drop=0., norm_cfg=dict(type='BN'), fused=True):
+    def __init__(self,
+                 dim: int,
+                 num_heads: int,
+                 *,
+                 sr_ratio: int = 1,
+                 qk_scale: Optional[float] = None,
+                 attn_drop: float = 0.,
+                 proj_drop: float = 0.,
+                 norm_cfg: Dict = dict(type='BN'),
+                 fused: bool = True):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f'channels ({dim}) must be divisible by num_heads ({num_heads})')
@@ -273,7 +229,7 @@ class StripSelfAttention(BaseModule):
         self.proj = PointwiseLinear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
         if sr_ratio > 1:
-            self.sr = nn.Conv2d(dim, dim, sr_ratio, sr_ratio, groups=dim)
+            self.sr = nn.Conv2d(dim, dim, kernel_size=sr_ratio, stride=sr_ratio, groups=dim)
             self.sr_norm = build_norm_layer(norm_cfg, dim)[1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -287,7 +243,7 @@ class StripSelfAttention(BaseModule):
         k = self.k(reduced).reshape(B, h, -1, 1)                            # B h Ns 1
         v = self.v(reduced).reshape(B, h, C // h, -1).transpose(-2, -1)     # B h Ns C/h
         drop = self.attn_drop if self.training else 0.
-        if self.fused and not drop and _use_strip_kernel(q):
+        if self.fused and not drop and use_strip_kernel(q):
             out = strip_attention(q, k, v, self.scale)
         elif self.fused:
             out = F.scaled_dot_product_attention(q, k, v, dropout_p=drop, scale=self.scale)
@@ -313,15 +269,15 @@ class StripSelfAttention(BaseModule):
         if self.deploy:
             return
         if norm is not None:
-            gamma, beta = _ln_affine_to_fold(norm)
-            _dp.fold_affine_into_linear_input(self.q, gamma, beta)
+            gamma, beta = reparam.ln_affine(norm)
+            reparam.fold_affine_into_linear_input(self.q, gamma, beta)
             if self.sr_ratio > 1:
-                _dp.fold_affine_into_conv_input(self.sr, gamma, beta)
+                reparam.fold_affine_into_conv_input(self.sr, gamma, beta)
             else:
-                _dp.fold_affine_into_linear_input(self.k, gamma, beta)
-                _dp.fold_affine_into_linear_input(self.v, gamma, beta)
+                reparam.fold_affine_into_linear_input(self.k, gamma, beta)
+                reparam.fold_affine_into_linear_input(self.v, gamma, beta)
         if self.sr_ratio > 1 and isinstance(self.sr_norm, _BatchNorm):
-            _dp.fold_bn_into_conv(self.sr, self.sr_norm)
+            reparam.fold_bn_into_conv(self.sr, self.sr_norm)
             self.sr_norm = nn.Identity()
         self.q.weight.mul_(self.scale)
         self.q.bias.mul_(self.scale)
@@ -330,12 +286,19 @@ class StripSelfAttention(BaseModule):
 
 
 class SqueezeExcite(BaseModule):
-    """SE channel attention (Hu et al.), reduction 4, biased 1x1 convs."""
+    """SE channel attention (Hu et al.): global average pool -> 1x1 conv
+    (``C -> C / ratio``) -> ReLU -> 1x1 conv (``C / ratio -> C``) -> sigmoid, which
+    scales the input's channels. Both convs have a bias.
 
-    def __init__(self, channels, ratio=4):
+    Args:
+        channels (int): Channels C of the input and output.
+        ratio (int): Reduction of the hidden width (``C // ratio``). Defaults to 4.
+    """
+
+    def __init__(self, channels: int, *, ratio: int = 4):
         super().__init__()
-        self.fc1 = nn.Conv2d(channels, channels // ratio, 1)
-        self.fc2 = nn.Conv2d(channels // ratio, channels, 1)
+        self.fc1 = nn.Conv2d(channels, channels // ratio, kernel_size=1)
+        self.fc2 = nn.Conv2d(channels // ratio, channels, kernel_size=1)
 
     def forward(self, x):
         w = x.mean((2, 3), keepdim=True)
@@ -347,15 +310,20 @@ class LocalInteraction(BaseModule):
 
     ``PWConv -> ReLU -> DWConv3x3 -> SE -> ReLU -> PWConv``; the point-wise
     convs are grouped (groups = C), which is what the paper's parameter counts
-    (Table VII) admit.
+    (Table VII) admit. All convs have a bias; there is no norm.
+
+    Args:
+        dim (int): Channels C of the input and output.
+        se_ratio (int): Reduction ratio of the :class:`SqueezeExcite`.
+            Defaults to 4.
     """
 
-    def __init__(self, dim, se_ratio=4):
+    def __init__(self, dim: int, *, se_ratio: int = 4):
         super().__init__()
-        self.pw1 = nn.Conv2d(dim, dim, 1, groups=dim)
-        self.dw = nn.Conv2d(dim, dim, 3, 1, 1, groups=dim)
-        self.se = SqueezeExcite(dim, se_ratio)
-        self.pw2 = nn.Conv2d(dim, dim, 1, groups=dim)
+        self.pw1 = nn.Conv2d(dim, dim, kernel_size=1, groups=dim)
+        self.dw = nn.Conv2d(dim, dim, kernel_size=3, padding=1, groups=dim)
+        self.se = SqueezeExcite(dim, ratio=se_ratio)
+        self.pw2 = nn.Conv2d(dim, dim, kernel_size=1, groups=dim)
         self.deploy = False
 
     @torch.no_grad()
@@ -367,7 +335,7 @@ class LocalInteraction(BaseModule):
         if self.deploy:
             return
         if norm is not None:
-            gamma, beta = _ln_affine_to_fold(norm)
+            gamma, beta = reparam.ln_affine(norm)
             if not norm.elementwise_affine:
                 raise ValueError('LIM deploy: the LayerNorm must keep its affine part')
             w = self.pw1.weight.view(-1)
@@ -386,16 +354,28 @@ class InvertedResidualFFN(BaseModule):
 
     ``1x1 (C->rC) -> GELU -> BN``, ``DW3x3 + skip -> GELU -> BN``,
     ``1x1 (rC->C) -> BN``.
+
+    Args:
+        dim (int): Channels C of the input and output.
+        ratio (int): Expansion r of the hidden width ``r * C``. Defaults to 4.
+        act_cfg (dict): Activation after the first 1x1 conv and after the
+            depth-wise conv. Defaults to ``dict(type='GELU')``.
+        norm_cfg (dict): The three norms. Defaults to ``dict(type='BN')``.
     """
 
-    def __init__(self, dim, ratio=4, act_cfg=dict(type='GELU'), norm_cfg=dict(type='BN')):
+    def __init__(self,
+                 dim: int,
+                 *,
+                 ratio: int = 4,
+                 act_cfg: Dict = dict(type='GELU'),
+                 norm_cfg: Dict = dict(type='BN')):
         super().__init__()
         hidden = dim * ratio
-        self.fc1 = ConvAct(dim, hidden, 1, act_cfg=act_cfg, norm_cfg=norm_cfg)
-        self.dw = nn.Conv2d(hidden, hidden, 3, 1, 1, groups=hidden)
+        self.fc1 = ConvAct(dim, hidden, kernel_size=1, act_cfg=act_cfg, norm_cfg=norm_cfg)
+        self.dw = nn.Conv2d(hidden, hidden, kernel_size=3, padding=1, groups=hidden)
         self.act = build_activation_layer(act_cfg)
         self.dw_norm = build_norm_layer(norm_cfg, hidden)[1]
-        self.fc2 = nn.Conv2d(hidden, dim, 1)
+        self.fc2 = nn.Conv2d(hidden, dim, kernel_size=1)
         self.fc2_norm = build_norm_layer(norm_cfg, dim)[1]
         self.deploy = False
 
@@ -416,7 +396,7 @@ class InvertedResidualFFN(BaseModule):
         * ``norm`` (the block's LayerNorm before the FFN), if given, gives its
           affine to ``fc1``'s 1x1 conv input (exact); the caller drops it.
         * both ``conv -> GELU`` pairs run as one fused op
-          (:class:`~s2aformer_mm.deploy.FusedConvAct`);
+          (:class:`~s2aformer_mm.models.reparam.FusedConvAct`);
         * Kept: ``fc1``'s BN. It follows a GELU and precedes the zero-padded 3x3
           depth-wise conv, so folding it into that conv's input would change the
           border pixels (they would see ``-b/a`` instead of 0): not exact.
@@ -424,15 +404,15 @@ class InvertedResidualFFN(BaseModule):
         if self.deploy:
             return
         if norm is not None:
-            _dp.fold_affine_into_conv_input(self.fc1[0], *_ln_affine_to_fold(norm))
-        _dp.fold_identity_into_dwconv(self.dw)
+            reparam.fold_affine_into_conv_input(self.fc1[0], *reparam.ln_affine(norm))
+        reparam.fold_identity_into_dwconv(self.dw)
         self.fc1.fuse_act()
-        self.dw, self.act = _dp.fuse_conv_act(self.dw, self.act)
+        self.dw, self.act = reparam.fuse_conv_act(self.dw, self.act)
         if isinstance(self.dw_norm, _BatchNorm):
-            _dp.fold_affine_into_conv_input(self.fc2, *_dp.bn_affine(self.dw_norm))
+            reparam.fold_affine_into_conv_input(self.fc2, *reparam.bn_affine(self.dw_norm))
             self.dw_norm = nn.Identity()
         if isinstance(self.fc2_norm, _BatchNorm):
-            _dp.fold_bn_into_conv(self.fc2, self.fc2_norm)
+            reparam.fold_bn_into_conv(self.fc2, self.fc2_norm)
             self.fc2_norm = nn.Identity()
         self.deploy = True
 
@@ -442,22 +422,58 @@ class HybridPerceptionBlock(BaseModule):
 
     ``x = x + DWConv(x)``; ``x = x + SSA(LN(x))``; ``x = x + LIM(LN(x))``;
     ``x = x + FFN(LN(x))`` (with stochastic depth on the last three).
+
+    Args:
+        dim (int): Channels C of the input and output map.
+        num_heads (int): Attention heads h of the :class:`StripSelfAttention`.
+        sr_ratio (int): Its spatial reduction ratio (1: no reduction).
+        mlp_ratio (int): Expansion of the :class:`InvertedResidualFFN`.
+            Defaults to 4.
+        drop_path (float): Stochastic-depth rate on the SSA, LIM and FFN
+            branches. Defaults to 0.
+        qk_scale (float, optional): Logit scale of the attention; None (the
+            default) gives ``(C / h) ** -0.5``.
+        attn_drop (float): Dropout rate on the attention probabilities.
+            Defaults to 0.
+        proj_drop (float): Dropout rate after the attention's output projection.
+            Defaults to 0.
+        fused_attn (bool): ``fused`` of :class:`StripSelfAttention`. Defaults
+            to True.
+        norm_cfg (dict): Conv-side norms (attention reduction, FFN).
+            Defaults to ``dict(type='BN')``.
+        token_norm_cfg (dict): The three norms before SSA, LIM and FFN.
+            Defaults to ``dict(type='LN', eps=1e-6)``.
+        act_cfg (dict): FFN activation. Defaults to ``dict(type='GELU')``.
+        with_cp (bool): Gradient checkpointing of the block (saves memory,
+            recomputes the forward in backward). Defaults to False.
     """
 
-    def __init__(self, dim, num_heads, sr_ratio, mlp_ratio=4, drop_path=0.,
-                 qk_scale=None, attn_drop=0., proj_drop=0., fused_attn=True,
-                 norm_cfg=dict(type='BN'), token_norm_cfg=dict(type='LN', eps=1e-6),
-                 act_cfg=dict(type='GELU'), with_cp=False):
+    def __init__(self,
+                 dim: int,
+                 num_heads: int,
+                 *,
+                 sr_ratio: int,
+                 mlp_ratio: int = 4,
+                 drop_path: float = 0.,
+                 qk_scale: Optional[float] = None,
+                 attn_drop: float = 0.,
+                 proj_drop: float = 0.,
+                 fused_attn: bool = True,
+                 norm_cfg: Dict = dict(type='BN'),
+                 token_norm_cfg: Dict = dict(type='LN', eps=1e-6),
+                 act_cfg: Dict = dict(type='GELU'),
+                 with_cp: bool = False):
         super().__init__()
         self.with_cp = with_cp
-        self.pos = nn.Conv2d(dim, dim, 3, 1, 1, groups=dim)
+        self.pos = nn.Conv2d(dim, dim, kernel_size=3, padding=1, groups=dim)
         self.norm1 = build_norm_layer(token_norm_cfg, dim)[1]
-        self.attn = StripSelfAttention(dim, num_heads, sr_ratio, qk_scale, attn_drop,
-                                       proj_drop, norm_cfg, fused_attn)
+        self.attn = StripSelfAttention(
+            dim, num_heads, sr_ratio=sr_ratio, qk_scale=qk_scale, attn_drop=attn_drop,
+            proj_drop=proj_drop, norm_cfg=norm_cfg, fused=fused_attn)
         self.norm2 = build_norm_layer(token_norm_cfg, dim)[1]
         self.lim = LocalInteraction(dim)
         self.norm3 = build_norm_layer(token_norm_cfg, dim)[1]
-        self.ffn = InvertedResidualFFN(dim, mlp_ratio, act_cfg, norm_cfg)
+        self.ffn = InvertedResidualFFN(dim, ratio=mlp_ratio, act_cfg=act_cfg, norm_cfg=norm_cfg)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.deploy = False
 
@@ -470,12 +486,12 @@ class HybridPerceptionBlock(BaseModule):
         Drop-path is the identity in eval mode."""
         if self.deploy:
             return
-        _dp.fold_identity_into_dwconv(self.pos)
+        reparam.fold_identity_into_dwconv(self.pos)
         self.attn.switch_to_deploy(self.norm1)
-        self.norm1 = _plain_layer_norm(self.norm1)
+        self.norm1 = reparam.without_affine(self.norm1)
         self.lim.switch_to_deploy(self.norm2)
         self.ffn.switch_to_deploy(self.norm3)
-        self.norm3 = _plain_layer_norm(self.norm3)
+        self.norm3 = reparam.without_affine(self.norm3)
         self.drop_path = nn.Identity()
         self.deploy = True
 
@@ -502,8 +518,8 @@ def _refuse_deploy_weights(module: 'S2AFormer', state_dict, prefix, *args) -> No
             f'The weights loaded into {prefix.rstrip(".") or "the backbone"} are S2AFormer\'s '
             f'deploy form (tools/deployment/fuse_checkpoint.py or switch_to_deploy()), which '
             f'the training-form model cannot use. Load them with '
-            f's2aformer_mm.deploy.load_deploy_model(CONFIG, CHECKPOINT), or load the training '
-            f'checkpoint and call s2aformer_mm.deploy.switch_to_deploy(model).')
+            f's2aformer_mm.apis.load_deploy_model(CONFIG, CHECKPOINT), or load the training '
+            f'checkpoint and call s2aformer_mm.models.switch_to_deploy(model).')
 
 
 class S2AFormer(BaseModule):
@@ -518,6 +534,7 @@ class S2AFormer(BaseModule):
             (case-insensitive, paper Table II), or a dict with keys
             ``depths``, ``channels``, ``num_heads`` and optionally
             ``sr_ratios`` (default ``[8, 4, 2, 1]``), each a 4-item list.
+            Defaults to ``'t'``.
         in_channels (int): Input channels. Defaults to 3.
         out_indices (int | Sequence[int]): Stages whose outputs are returned;
             negatives count from the end. Defaults to -1 (last stage).
@@ -526,19 +543,46 @@ class S2AFormer(BaseModule):
             modules stay in eval mode). Defaults to -1.
         norm_eval (bool): Keep every BatchNorm in eval mode while training
             (the paper's "normalization layers frozen" for dense tasks).
+            Defaults to False.
         out_norm (bool): Add a LayerNorm to each returned feature map (PVT /
             Swin style, for dense heads). Defaults to False.
         drop_path_rate (float): Stochastic depth, linearly increasing over
-            blocks. Defaults to 0.
+            blocks from 0 to this rate. Defaults to 0.
         mlp_ratio (int): FFN expansion. Defaults to 4.
-        qk_scale (float, optional): See :class:`StripSelfAttention`.
-        fused_attn (bool): Use fused scaled-dot-product attention.
-        with_cp (bool): Gradient checkpointing of each block.
-        norm_cfg (dict): Conv-side norm. Defaults to BN.
+        qk_scale (float, optional): Attention logit scale; None (the default)
+            gives ``(C / h) ** -0.5``. See :class:`StripSelfAttention`.
+        attn_drop_rate (float): Dropout rate on the attention probabilities.
+            Defaults to 0.
+        proj_drop_rate (float): Dropout rate after each attention's output
+            projection. Defaults to 0.
+        fused_attn (bool): Fused attention (the strip-attention kernel, or
+            SDPA in exported graphs); False runs the literal formula. Same
+            results up to rounding. Defaults to True.
+        with_cp (bool): Gradient checkpointing of each block. Defaults to False.
+        norm_cfg (dict): Conv-side norm (stem, attention reduction, FFN).
+            Defaults to ``dict(type='BN')``.
+        token_norm_cfg (dict): Token norm (patch embeddings, blocks, output
+            norms). Defaults to ``dict(type='LN', eps=1e-6)``.
+        act_cfg (dict): Activation of the stem and the FFNs. Defaults to
+            ``dict(type='GELU')``.
         init_cfg (dict | list[dict], optional): mmengine init config;
             ``dict(type='Pretrained', checkpoint=..., prefix='backbone.')``
             loads a classifier checkpoint. Missing backbone keys raise unless
-            the dict also holds ``strict=False``.
+            the dict also holds ``strict=False``. Defaults to None (random
+            initialisation, logged).
+
+    Example:
+        >>> import torch
+        >>> from s2aformer_mm.models import S2AFormer
+        >>> model = S2AFormer(arch='mini', out_indices=(0, 1, 2, 3)).eval()
+        >>> inputs = torch.rand(1, 3, 224, 224)
+        >>> level_outputs = model(inputs)
+        >>> for level_out in level_outputs:
+        ...     print(tuple(level_out.shape))
+        (1, 32, 56, 56)
+        (1, 64, 28, 28)
+        (1, 128, 14, 14)
+        (1, 256, 7, 7)
     """
 
     arch_zoo = {
@@ -555,6 +599,7 @@ class S2AFormer(BaseModule):
 
     def __init__(self,
                  arch: Union[str, Dict] = 't',
+                 *,
                  in_channels: int = 3,
                  out_indices: Union[int, Sequence[int]] = -1,
                  frozen_stages: int = -1,
@@ -587,19 +632,28 @@ class S2AFormer(BaseModule):
         self.out_norm = out_norm
         self.deploy = False
 
-        self.stem = Stem(in_channels, act_cfg, norm_cfg)
+        self.stem = Stem(in_channels, act_cfg=act_cfg, norm_cfg=norm_cfg)
         dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
         self.patch_embeds = ModuleList()
         self.stages = ModuleList()
         prev, cur = STEM_CHANNELS[-1], 0
         for i, (depth, dim) in enumerate(zip(depths, channels)):
-            self.patch_embeds.append(PatchEmbed(prev, dim, token_norm_cfg))
+            self.patch_embeds.append(PatchEmbed(prev, dim, norm_cfg=token_norm_cfg))
             self.stages.append(Sequential(*[
                 HybridPerceptionBlock(
-                    dim, self.arch_settings['num_heads'][i], self.arch_settings['sr_ratios'][i],
-                    mlp_ratio, dpr[cur + j], qk_scale, attn_drop_rate, proj_drop_rate,
-                    fused_attn, norm_cfg, token_norm_cfg, act_cfg, with_cp)
-                for j in range(depth)]))
+                    dim=dim,
+                    num_heads=self.arch_settings['num_heads'][i],
+                    sr_ratio=self.arch_settings['sr_ratios'][i],
+                    mlp_ratio=mlp_ratio,
+                    drop_path=dpr[cur + j],
+                    qk_scale=qk_scale,
+                    attn_drop=attn_drop_rate,
+                    proj_drop=proj_drop_rate,
+                    fused_attn=fused_attn,
+                    norm_cfg=norm_cfg,
+                    token_norm_cfg=token_norm_cfg,
+                    act_cfg=act_cfg,
+                    with_cp=with_cp) for j in range(depth)]))
             prev, cur = dim, cur + depth
         if out_norm:
             for i in self.out_indices:
@@ -729,7 +783,7 @@ class S2AFormer(BaseModule):
           exact). The first two BNs stay: each precedes a zero-padded 3x3 conv,
           where an input-side fold changes the border (and GELU blocks a fold
           into the conv before it). Each ``Conv -> GELU`` runs fused
-          (:class:`~s2aformer_mm.deploy.FusedConvAct`).
+          (:class:`~s2aformer_mm.models.reparam.FusedConvAct`).
         * each HPB: ``x + DWConv(x)`` -> one DWConv; SSA reduction BN -> its conv;
           LayerNorm affines -> q/k/v/reduction conv, FFN fc1; LIM's first
           grouped 1x1 conv -> ``norm2``; logit scale -> q; FFN ``dw + x`` -> dw,
@@ -746,7 +800,7 @@ class S2AFormer(BaseModule):
         self.eval()
         last_bn = self.stem[-1][-1]
         if isinstance(last_bn, _BatchNorm):
-            _dp.fold_affine_into_conv_input(self.patch_embeds[0].proj, *_dp.bn_affine(last_bn))
+            reparam.fold_affine_into_conv_input(self.patch_embeds[0].proj, *reparam.bn_affine(last_bn))
             self.stem[-1][-1] = nn.Identity()
         for unit in self.stem:
             unit.fuse_act()

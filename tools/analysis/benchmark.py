@@ -63,10 +63,11 @@ import torch
 
 import s2aformer_mm
 from s2aformer_mm import S2AFormer
+from s2aformer_mm.apis import (ClassifierLogits, build_model_from_config, export_onnx,
+                               onnxruntime_session)
 from s2aformer_mm.complexity import count_macs
+from s2aformer_mm.models import switch_to_deploy
 from s2aformer_mm.runtime import tune_cpu_allocator
-from s2aformer_mm.deploy import (ClassifierLogits, build_model_from_config, export_onnx,
-                                 onnxruntime_session, switch_to_deploy)
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CLS_CONFIG = os.path.join(REPO, 'configs', 'mmpretrain', 's2aformer_{}_4xb256_in1k.py')

@@ -4,7 +4,7 @@
         [--checkpoint CKPT] [--shape 224 224] [--batch 1] [--no-deploy] [--static]
 
 The model is switched to its deploy form first (BN folded, heads merged; see
-``s2aformer_mm/deploy.py``) unless ``--no-deploy``. Batch, height and width are
+``s2aformer_mm/models/reparam.py``) unless ``--no-deploy``. Batch, height and width are
 dynamic axes unless ``--static``. After export the graph is run in ONNX Runtime at
 the export size and at a second size/batch, and the max abs error against PyTorch
 is printed; the script exits 1 if it exceeds ``--atol`` (default 1e-4).
@@ -31,10 +31,10 @@ from mmengine.registry import DefaultScope
 
 import s2aformer_mm
 from s2aformer_mm import S2AFormer
+from s2aformer_mm.apis import ONNX_OPSET, ClassifierLogits, export_onnx, onnxruntime_session
 from s2aformer_mm.checkpoint import check_state_dict, checkpoint_state_dict
-from s2aformer_mm.deploy import (ONNX_OPSET, ClassifierLogits, export_onnx, onnxruntime_session,
-                                 switch_to_deploy)
 from s2aformer_mm.engine import USER_ERRORS
+from s2aformer_mm.models import switch_to_deploy
 
 OUT_NORM = re.compile(r'^out_norm(\d+)\.')
 

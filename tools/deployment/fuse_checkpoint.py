@@ -4,10 +4,10 @@
 
 Builds ``CONFIG``'s model (mmpretrain / mmseg / mmdet scope), loads ``CKPT``
 (a Runner checkpoint or a bare state dict) strictly, switches every S2AFormer
-part to its deploy form (``s2aformer_mm.deploy.switch_to_deploy``) and saves
+part to its deploy form (``s2aformer_mm.models.switch_to_deploy``) and saves
 ``{'state_dict': ..., 'meta': {'s2aformer_deploy': True, ...}}`` to ``OUT``.
 Parameter names differ from the training form: load ``OUT`` with
-``s2aformer_mm.deploy.load_deploy_model(CONFIG, OUT)``. ``--check`` compares the
+``s2aformer_mm.apis.load_deploy_model(CONFIG, OUT)``. ``--check`` compares the
 backbone outputs of both forms on a random 224x224 batch (max abs error).
 """
 import argparse
@@ -17,7 +17,8 @@ import torch
 
 import s2aformer_mm  # noqa: F401  (registers the models)
 from s2aformer_mm.checkpoint import DEPLOY_META_KEY, safe_load
-from s2aformer_mm.deploy import build_model_from_config, count_batchnorms, switch_to_deploy
+from s2aformer_mm.apis import build_model_from_config
+from s2aformer_mm.models.reparam import count_batchnorms, switch_to_deploy
 
 
 def main(argv=None):

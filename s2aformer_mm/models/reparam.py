@@ -1,10 +1,13 @@
-"""Inference-time re-parameterisation ("deploy form") helpers.
+"""Inference-time re-parameterisation ("deploy form") of the model's layers.
 
 Every fold here is an exact algebraic identity for a network in eval mode (BN uses
 its running statistics, so it is a per-channel affine map ``y = a * x + b`` with
 ``a = gamma / sqrt(var + eps)`` and ``b = beta - mean * a``); the results differ
 from the training form only by floating-point rounding.
 
+* :func:`bn_affine` / :func:`ln_affine` -- the ``(a, b)`` of an eval-mode BN, the
+  ``(gamma, beta)`` of a LayerNorm; :func:`without_affine` is that LayerNorm once
+  its affine part has been folded into what follows it.
 * :func:`fold_bn_into_conv` -- ``BN(conv(x))``: BN *after* a conv folds into the
   conv's output side (mmcv's ``_fuse_conv_bn``).
 * :func:`fold_affine_into_conv_input` -- ``conv(a * x + b)``: an affine map
@@ -20,11 +23,16 @@ from the training form only by floating-point rounding.
 * :func:`merge_linears` -- ``(l1(x) + l2(x)) / 2`` is one linear layer.
 * :func:`fuse_conv_act` -- ``act(conv(x))`` becomes one :class:`FusedConvAct`
   (oneDNN convolution with the activation as a post-op on CPU; same arithmetic).
+* :func:`switch_to_deploy` -- switches every module of a model that has a deploy
+  form (``S2AFormer``, ``S2AFormerClsHead``, ...); :func:`is_deployed` and
+  :func:`count_batchnorms` inspect the result.
 
 Do **not** run ``mmcv.cnn.fuse_conv_bn`` on S2AFormer: it fuses a BN into the last
 conv seen among a module's children even when an activation sits between them,
 so it would fold the stem's and the FFN's ``Conv -> GELU -> BN`` into wrong
 weights. Use :func:`switch_to_deploy` (or ``S2AFormer.switch_to_deploy()``).
+
+Loading deploy checkpoints and ONNX export are in :mod:`s2aformer_mm.apis`.
 """
 from typing import Tuple
 
@@ -33,10 +41,12 @@ import torch.nn as nn
 from mmcv.cnn.utils.fuse_conv_bn import _fuse_conv_bn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-__all__ = ['bn_affine', 'fold_bn_into_conv', 'fold_affine_into_conv_input',
-           'fold_affine_into_linear_input', 'fold_identity_into_dwconv', 'merge_linears',
-           'FusedConvAct', 'fuse_conv_act', 'count_batchnorms', 'switch_to_deploy',
-           'is_deployed']
+from .graph_mode import in_eager_mode
+
+__all__ = ['bn_affine', 'ln_affine', 'without_affine', 'fold_bn_into_conv',
+           'fold_affine_into_conv_input', 'fold_affine_into_linear_input',
+           'fold_identity_into_dwconv', 'merge_linears', 'FusedConvAct', 'fuse_conv_act',
+           'count_batchnorms', 'switch_to_deploy', 'is_deployed']
 
 
 def bn_affine(bn: _BatchNorm) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -51,6 +61,22 @@ def bn_affine(bn: _BatchNorm) -> Tuple[torch.Tensor, torch.Tensor]:
     if bn.bias is not None:
         b = b + bn.bias
     return a.detach(), b.detach()
+
+
+def ln_affine(norm: nn.Module) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(gamma, beta)`` of a token LayerNorm over channels (to fold into what follows
+    it); ones / zeros for a LayerNorm without them."""
+    if not isinstance(norm, nn.LayerNorm) or len(norm.normalized_shape) != 1:
+        raise NotImplementedError(f'deploy form folds a LayerNorm over channels, got {norm}')
+    c = norm.normalized_shape[0]
+    gamma = norm.weight.detach() if norm.weight is not None else torch.ones(c)
+    beta = norm.bias.detach() if norm.bias is not None else torch.zeros(c)
+    return gamma, beta
+
+
+def without_affine(norm: nn.LayerNorm) -> nn.LayerNorm:
+    """The same LayerNorm without its affine part (folded elsewhere with :func:`ln_affine`)."""
+    return nn.LayerNorm(norm.normalized_shape, eps=norm.eps, elementwise_affine=False)
 
 
 @torch.no_grad()
@@ -140,19 +166,6 @@ def _onednn_post_op(conv: nn.Module, act: nn.Module):
     return None
 
 
-def in_exported_graph() -> bool:
-    """Inside torch.export, an ONNX export, a jit trace or script: graphs whose
-    consumers (ONNX, TorchScript, FLOP counters) know only standard ops."""
-    return (torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export()
-            or torch.jit.is_tracing() or torch.jit.is_scripting())
-
-
-def in_eager_mode() -> bool:
-    """Neither compiled nor :func:`in_exported_graph`. ``is_compiling`` goes first:
-    dynamo must not trace the other checks."""
-    return not torch.compiler.is_compiling() and not in_exported_graph()
-
-
 def _onednn_eager(x: torch.Tensor) -> bool:
     """Eager fp32 on a CPU with oneDNN."""
     return (in_eager_mode() and x.device.type == 'cpu' and x.dtype == torch.float32
@@ -168,7 +181,15 @@ class FusedConvAct(nn.Module):
     cache instead of in a second sweep over the map. For the FFN's 48->192 1x1
     conv at 56x56 (batch 16) that is 2.8 ms instead of 6.5 ms. Elsewhere (GPU,
     reduced precision, traced/compiled/exported graphs) it runs the two modules.
-    Exact up to rounding either way.
+    Exact up to rounding either way. Usually made by :func:`fuse_conv_act`.
+
+    Args:
+        conv (nn.Conv2d): The convolution; zero padding (``padding_mode='zeros'``,
+            numeric ``padding``), any kernel, stride, dilation and groups. Kept as
+            ``self.conv`` (its parameters keep the ``conv.*`` state-dict keys).
+        act (nn.Module): The activation after it: ``nn.GELU`` (either
+            ``approximate`` mode) or ``nn.ReLU``; anything else raises
+            ``ValueError``. Kept as ``self.act``.
     """
 
     def __init__(self, conv: nn.Conv2d, act: nn.Module):
@@ -200,6 +221,7 @@ def fuse_conv_act(conv: nn.Module, act: nn.Module) -> Tuple[nn.Module, nn.Module
 
 
 def count_batchnorms(model: nn.Module) -> int:
+    """Number of BatchNorm modules in ``model`` (what the deploy form could not fold)."""
     return sum(isinstance(m, _BatchNorm) for m in model.modules())
 
 
@@ -221,118 +243,4 @@ def switch_to_deploy(model: nn.Module) -> nn.Module:
     for m in list(model.modules()):
         if hasattr(m, 'switch_to_deploy') and not getattr(m, 'deploy', False):
             m.switch_to_deploy()
-    return model
-
-
-# --------------------------------------------------------------------------- ONNX
-#: Opset the exporter targets (torch's dynamo-based ``torch.onnx.export``). 20 is the
-#: first with a ``Gelu`` op: at 18 GELU is exported as Div/Erf/Add/Mul, which ONNX
-#: Runtime 1.32 does not fuse back, and S2AFormer-T ran 1.6x slower in ORT.
-ONNX_OPSET = 20
-
-
-class ClassifierLogits(nn.Module):
-    """``image tensor -> logits`` of an mmpretrain ``ImageClassifier`` (the data
-    preprocessor -- mean/std normalisation -- is *not* part of the graph)."""
-
-    def __init__(self, classifier: nn.Module):
-        super().__init__()
-        self.classifier = classifier
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(x, mode='tensor')
-
-
-def export_onnx(model: nn.Module, path: str, example: torch.Tensor, dynamic: bool = True,
-                opset: int = ONNX_OPSET, verbose: bool = False) -> str:
-    """Export ``model`` (``NCHW tensor -> tensor(s)``) to ONNX with torch's dynamo
-    exporter (needs ``onnx`` and ``onnxscript``); batch, height and width are
-    dynamic unless ``dynamic=False``. Returns ``path``.
-
-    Inputs must be at least 32 px a side (the network's total stride); the
-    exported graph has no such check.
-    """
-    import importlib.util
-    for pkg in ('onnx', 'onnxscript'):
-        if importlib.util.find_spec(pkg) is None:
-            raise ImportError(f'ONNX export needs {pkg!r}: pip install onnx onnxscript onnxruntime '
-                              '(or run bash tools/setup_env.sh)')
-    import logging
-    # torch.export logs a sympy traceback for the floor-division guards of the
-    # reductions ("cannot be solved using solve_univariate_inequality"); harmless.
-    logging.getLogger('torch.fx.experimental.symbolic_shapes').setLevel(logging.ERROR)
-    model.eval()
-    dynamic_shapes = None
-    if dynamic:
-        if example.shape[0] == 1:
-            # torch.export specialises size-1 dimensions: traced at batch 1, the graph
-            # is only valid for batch 1 and export fails against the dynamic range.
-            example = example.expand(2, *example.shape[1:])
-        dims = {0: torch.export.Dim('batch', min=1, max=4096),
-                2: torch.export.Dim('height', min=32, max=16384),
-                3: torch.export.Dim('width', min=32, max=16384)}
-        dynamic_shapes = ({0: dims[0], 2: dims[2], 3: dims[3]}, )
-    with torch.no_grad():
-        torch.onnx.export(model, (example, ), path, dynamo=True, opset_version=opset,
-                          input_names=['input'], dynamic_shapes=dynamic_shapes,
-                          external_data=False, verbose=verbose, report=False)
-    return path
-
-
-def onnxruntime_session(path: str, num_threads: int = 0):
-    """A CPU ONNX Runtime session (``num_threads=0``: ORT's default)."""
-    import importlib.util
-    if importlib.util.find_spec('onnxruntime') is None:
-        raise ImportError('ONNX Runtime is not installed: pip install onnxruntime')
-    import onnxruntime as ort
-    opts = ort.SessionOptions()
-    if num_threads:
-        opts.intra_op_num_threads = num_threads
-        opts.inter_op_num_threads = 1
-    return ort.InferenceSession(path, opts, providers=['CPUExecutionProvider'])
-
-
-# --------------------------------------------------------------------------- configs
-def build_model_from_config(config) -> nn.Module:
-    """Build ``cfg.model`` (a path or an mmengine ``Config``) in the config's
-    ``default_scope`` (mmpretrain / mmseg / mmdet); training form, eval mode."""
-    import importlib
-    from mmengine.config import Config
-    from mmengine.registry import DefaultScope
-
-    from .integrations import require
-    cfg = Config.fromfile(config) if isinstance(config, str) else config
-    scope = cfg.get('default_scope')
-    if scope is None:
-        raise ValueError('the config has no default_scope (mmpretrain, mmseg or mmdet)')
-    require(scope)
-    registry = importlib.import_module(f'{scope}.registry').MODELS
-    model_cfg = cfg.model.copy()
-    if scope == 'mmseg':
-        model_cfg.pop('pretrained', None)
-    with DefaultScope.overwrite_default_scope(scope):
-        model = registry.build(model_cfg)
-    return model.eval()
-
-
-def load_deploy_model(config, checkpoint: str) -> nn.Module:
-    """Build ``config``'s model, switch it to the deploy form and load a deploy
-    checkpoint written by ``tools/deployment/fuse_checkpoint.py`` (strict).
-
-    Like the libraries' ``init_model`` / ``init_detector``, the model carries ``cfg``
-    and the checkpoint's ``dataset_meta``, so mmseg's ``inference_model`` and mmdet's
-    ``inference_detector`` accept it."""
-    from mmengine.config import Config
-
-    from .checkpoint import is_deploy_checkpoint, safe_load
-    cfg = Config.fromfile(config) if isinstance(config, str) else config
-    model = switch_to_deploy(build_model_from_config(cfg))
-    ckpt = safe_load(checkpoint)
-    if not is_deploy_checkpoint(ckpt):
-        raise ValueError(f'{checkpoint} is not a deploy-form checkpoint (no meta.s2aformer_deploy); '
-                         'load it into the training-form model and call switch_to_deploy().')
-    model.load_state_dict(ckpt['state_dict'], strict=True)
-    model.cfg = cfg
-    if ckpt['meta'].get('dataset_meta') is not None:
-        model.dataset_meta = ckpt['meta']['dataset_meta']
     return model
