@@ -11,6 +11,12 @@ exactly the globals those checkpoints need to torch's allowlist.
 attribute of any allowed object, so the name ``builtins.getattr`` is bound to
 :func:`_restricted_getattr`, which only resolves public methods of
 ``HistoryBuffer``.
+
+An empty bytes object (the data of any empty numpy array, e.g. an empty
+``HistoryBuffer``) is pickled by ``torch.save`` (protocol 2) as ``bytes()``. The name
+``builtins.bytes`` is bound to :func:`_restricted_bytes`, which builds ``b''`` (or
+copies bytes already in the file) but refuses ``bytes(N)``: an integer N chosen by
+the file would allocate N bytes.
 """
 import os
 import re
@@ -63,6 +69,25 @@ def _restricted_getattr(obj, name, *default):
         f'methods are allowed')
 
 
+def _restricted_bytes(*args):
+    """``builtins.bytes`` for checkpoints: ``bytes()`` (how protocol <= 2 pickles
+    ``b''``) or a copy of a bytes object; never ``bytes(N)``, which would allocate
+    N zero bytes that the file chooses."""
+    if not args:
+        return b''
+    if len(args) == 1 and isinstance(args[0], (bytes, bytearray)):
+        return bytes(args[0])
+    if len(args) == 1 and isinstance(args[0], int):
+        n = args[0]
+        size = f'{n}' if n.bit_length() <= 64 else f'<{n.bit_length()}-bit integer>'
+        raise UnsafeCheckpointError(
+            f'checkpoint asks for bytes({size}), which would allocate that many zero bytes '
+            f'(a size chosen by the file); only bytes() and copies of bytes are allowed')
+    raise UnsafeCheckpointError(
+        f'checkpoint asks for bytes({", ".join(type(a).__name__ for a in args)}); '
+        f'only bytes() and copies of bytes are allowed')
+
+
 def _numpy_globals() -> List:
     core = getattr(np, '_core', None) or np.core  # numpy 2.x / 1.x spelling
     names = [core.multiarray._reconstruct, core.multiarray.scalar, np.ndarray, np.dtype]
@@ -73,8 +98,10 @@ def _numpy_globals() -> List:
 
 
 def safe_globals() -> List:
-    """The allowlist: numpy containers, HistoryBuffer and a restricted getattr."""
-    return [HistoryBuffer, *_numpy_globals(), (_restricted_getattr, 'builtins.getattr')]
+    """The allowlist: numpy containers, HistoryBuffer, a restricted getattr and a
+    restricted bytes."""
+    return [HistoryBuffer, *_numpy_globals(), (_restricted_getattr, 'builtins.getattr'),
+            (_restricted_bytes, 'builtins.bytes')]
 
 
 _registered = False
@@ -169,7 +196,7 @@ def _training_form(ckpt, path: str):
         raise CheckpointMismatchError(
             f'Checkpoint {path!r} is a deploy-form checkpoint (meta.s2aformer_deploy, written by '
             f'tools/deployment/fuse_checkpoint.py), which the training-form model cannot load. '
-            f'Load it with s2aformer_mm.deploy.load_deploy_model(CONFIG, CHECKPOINT), or use '
+            f'Load it with s2aformer_mm.apis.load_deploy_model(CONFIG, CHECKPOINT), or use '
             f'the training checkpoint it was made from{source}.')
     return ckpt
 

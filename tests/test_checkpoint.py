@@ -5,11 +5,15 @@ import pickle
 import subprocess
 import sys
 import textwrap
+import tracemalloc
+import types
 
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from mmengine.logging import HistoryBuffer, MessageHub
 from mmengine.model import BaseModel
 from mmengine.runner import Runner
 
@@ -141,12 +145,35 @@ class _EvilGetattr:
         return (getattr, (HistoryBuffer, '__init__'))
 
 
+class _EvilEval(_Evil):
+    def __reduce__(self):
+        return (eval, (f'open({str(self.target)!r}, "w").close()',))
+
+
+class _UnfixedPickler(pickle.Pickler):
+    """Names globals by their Python 3 modules: protocol 2 would otherwise spell
+    ``subprocess`` as Python 2's ``commands``, which no unpickler resolves."""
+
+    def __init__(self, file, protocol=None, **kw):
+        super().__init__(file, protocol, fix_imports=False, **kw)
+
+
+class _EvilSubprocess(_Evil):
+    pickle_module = types.SimpleNamespace(
+        __name__='pickle', Pickler=_UnfixedPickler,
+        dump=lambda obj, f, protocol=None: _UnfixedPickler(f, protocol).dump(obj))
+
+    def __reduce__(self):
+        return (subprocess.call, (['touch', str(self.target)],))
+
+
 @pytest.mark.parametrize('zipped', [True, False], ids=['zip', 'legacy'])
-@pytest.mark.parametrize('payload', [_Evil, _EvilGetattr])
+@pytest.mark.parametrize('payload', [_Evil, _EvilGetattr, _EvilEval, _EvilSubprocess])
 def test_malicious_pickle_is_refused_and_does_not_run(tmp_path, payload, zipped):
     target = tmp_path / 'pwned'
     evil = tmp_path / 'evil.pth'
     torch.save({'state_dict': {}, 'x': payload(target)}, evil,
+               pickle_module=getattr(payload, 'pickle_module', pickle),
                _use_new_zipfile_serialization=zipped)
     with pytest.raises(UnsafeCheckpointError, match='evil.pth'):
         safe_load(str(evil))
@@ -220,3 +247,103 @@ def test_atomic_save_survives_sigkill(tmp_path):
         proc.wait()
     ck = safe_load(str(target))
     assert ck['step'] == 0 and torch.equal(ck['w'], torch.zeros(3))
+
+
+# Empty numpy arrays, and so empty HistoryBuffers, hold b'' as their data, which
+# torch.save (pickle protocol 2) writes as a call of builtins.bytes().
+_EMPTY_ARRAYS = {dt: np.zeros(0, dtype=dt) for dt in
+                 ['f8', 'f4', 'f2', 'i8', 'u1', 'bool', 'c16', 'U', 'S', 'V4', 'M8[s]']}
+_EMPTY_ARRAYS.update({'2d': np.zeros((3, 0)), 'structured': np.zeros(0, 'f4,i4'),
+                      '0d': np.array(1.5), 'bytes_': np.bytes_(b''), 'bare': np.array([])})
+
+
+def _assert_same(a, b, where='ckpt'):
+    if isinstance(a, dict):
+        assert isinstance(b, dict) and list(a) == list(b), where
+        for k in a:
+            _assert_same(a[k], b[k], f'{where}[{k!r}]')
+    elif isinstance(a, HistoryBuffer):
+        assert type(b) is HistoryBuffer and a.max_length == b.max_length, where
+        _assert_same(a._log_history, b._log_history, f'{where}._log_history')
+        _assert_same(a._count_history, b._count_history, f'{where}._count_history')
+    elif isinstance(a, np.ndarray):
+        assert type(b) is np.ndarray and (a.dtype, a.shape) == (b.dtype, b.shape), where
+        np.testing.assert_array_equal(a, b, err_msg=where)
+    elif isinstance(a, torch.Tensor):
+        torch.testing.assert_close(a, b, msg=where)
+    else:
+        assert type(a) is type(b) and a == b, where
+
+
+@pytest.mark.parametrize('zipped', [True, False], ids=['zip', 'legacy'])
+def test_empty_history_buffer_and_empty_arrays_round_trip(tmp_path, zipped):
+    ck = {'meta': {'iter': 0}, 'state_dict': {'fc.weight': torch.randn(2, 3)},
+          'message_hub': {'log_scalars': {'train/loss': HistoryBuffer(),
+                                          'train/lr': HistoryBuffer([1e-3, 2e-3], [1, 1])},
+                          'runtime_info': {'iter': 0}},
+          'arrays': _EMPTY_ARRAYS, 'empty_bytes': b''}
+    path = tmp_path / 'empty.pth'
+    torch.save(ck, path, _use_new_zipfile_serialization=zipped)
+    loaded = safe_load(str(path))
+    _assert_same(ck, loaded)
+    hb = loaded['message_hub']['log_scalars']['train/loss']
+    hb.update(2.0)  # the statistics methods (restored through getattr) work
+    assert hb.mean() == 2.0 and hb.current() == 2.0
+
+
+def test_mmengine_save_checkpoint_with_empty_message_hub_buffer(tmp_path):
+    """mmengine's save_checkpoint of a MessageHub state dict holding an empty
+    HistoryBuffer loads through safe_load and through mmengine's own loader (which
+    importing s2aformer_mm routes to safe_load), and the hub resumes from it."""
+    from mmengine.runner.checkpoint import _load_checkpoint, save_checkpoint
+    keys = ('train/loss', 'train/lr', 'iter')
+    hub = MessageHub('test_empty_buffer', runtime_info={'iter': 0},
+                     log_scalars={'train/loss': HistoryBuffer(),
+                                  'train/lr': HistoryBuffer([1e-3], [1])},
+                     resumed_keys=dict.fromkeys(keys, True))
+    path = tmp_path / 'iter_0.pth'
+    save_checkpoint({'meta': {'iter': 0}, 'state_dict': {'w': torch.ones(2)},
+                     'message_hub': hub.state_dict()}, str(path))
+    for loaded in (safe_load(str(path)), _load_checkpoint(str(path))):
+        _assert_same(hub.state_dict(), loaded['message_hub'])
+        resumed = MessageHub('test_empty_buffer_resumed')
+        resumed.load_state_dict(loaded['message_hub'])
+        assert len(resumed.log_scalars['train/loss']._log_history) == 0
+        assert resumed.get_scalar('train/lr').current() == 1e-3
+
+
+class _BytesOf:
+    """Pickled as a call of builtins.bytes with the given arguments."""
+
+    def __init__(self, *args):
+        self.args = args
+
+    def __reduce__(self):
+        return (bytes, self.args)
+
+
+_ALLOCATES = 'which would allocate that many zero bytes'
+
+
+@pytest.mark.parametrize('zipped', [True, False], ids=['zip', 'legacy'])
+@pytest.mark.parametrize('args, named', [
+    ((10 ** 12,), rf'bytes\(1000000000000\), {_ALLOCATES}'),
+    ((1 << 26,), rf'bytes\(67108864\), {_ALLOCATES}'),
+    # (torch's unpickler reads integers of at most 255 bytes, LONG1)
+    ((2 ** 2000,), rf'bytes\(<2001-bit integer>\), {_ALLOCATES}'),
+    (('abc', 'latin1'), r'bytes\(str, str\); only bytes\(\) and copies of bytes'),
+], ids=['1e12', '64MiB', 'huge-int', 'str'])
+def test_bytes_of_a_size_is_refused_and_allocates_nothing(tmp_path, args, named, zipped):
+    """builtins.bytes is allowed only as bytes() (b'') or a copy of bytes: bytes(N)
+    would allocate N bytes chosen by the file (a memory bomb)."""
+    path = tmp_path / 'bomb.pth'
+    torch.save({'state_dict': {}, 'x': _BytesOf(*args)}, path,
+               _use_new_zipfile_serialization=zipped)
+    tracemalloc.start()
+    try:
+        with pytest.raises(UnsafeCheckpointError, match=rf"bomb\.pth'.*{named}"):
+            safe_load(str(path))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 << 20, f'{peak} bytes allocated while refusing'
