@@ -3,7 +3,10 @@ from setuptools import find_packages, setup
 setup(
     name='s2aformer_mm',
     version='0.1.0',
-    description='S2AFormer (Strip Self-Attention) backbone for mmpretrain, mmsegmentation and mmdetection',
+    description=('S2AFormer (Strip Self-Attention) backbone for mmpretrain, mmsegmentation '
+                 'and mmdetection'),
+    license='Apache-2.0',
+    license_files=['LICENSE'],
     packages=find_packages(include=['s2aformer_mm', 's2aformer_mm.*']),
     python_requires='>=3.10',
     # the torch bound is s2aformer_mm.compat.TORCH_MIN (tests/test_compat.py checks they agree)

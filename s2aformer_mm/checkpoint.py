@@ -232,8 +232,9 @@ def load_backbone_pretrained(module: torch.nn.Module, init_cfg: dict) -> None:
     if prefix:
         state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
         if not state:
-            raise CheckpointMismatchError(f'No key in {path!r} starts with prefix {prefix!r}; is it a checkpoint '
-                           f'of a model with a backbone? (use prefix="" for a bare backbone file)')
+            raise CheckpointMismatchError(
+                f'No key in {path!r} starts with prefix {prefix!r}; is it a checkpoint of a '
+                f'model with a backbone? (use prefix="" for a bare backbone file)')
     own = module.state_dict()
     optional = re.compile(r'^out_norm\d+\.')
     missing, mismatched, unexpected = compare_state_dicts(own, state)

@@ -113,7 +113,8 @@ def test_missing_keys_are_loud_and_partial_load_is_explicit(runner_ckpt, tmp_pat
     broken = tmp_path / 'broken.pth'
     torch.save(ck, broken)
     cfg = dict(type='Pretrained', checkpoint=str(broken), prefix='backbone.')
-    with pytest.raises(KeyError, match=r'(?s)1 missing keys: stages\.3\.1\.ffn\.fc2\.weight.*strict=False'):
+    with pytest.raises(KeyError,
+                       match=r'(?s)1 missing keys: stages\.3\.1\.ffn\.fc2\.weight.*strict=False'):
         S2AFormer('mini', init_cfg=cfg).init_weights()
     with pytest.raises(KeyError, match='shape mismatches'):
         S2AFormer('t', init_cfg=dict(cfg, checkpoint=str(path))).init_weights()

@@ -3,9 +3,10 @@ import re
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
+
+from s2aformer_mm.testing import ENV, REPO
 
 
 def _import_with(patch: str) -> subprocess.CompletedProcess:
@@ -65,10 +66,23 @@ def test_torch_whose_is_exporting_misreports_under_compile_is_refused():
 
 def test_setup_py_states_the_torch_bound_the_import_check_names():
     from s2aformer_mm.compat import TORCH_MIN
-    setup_py = (Path(__file__).parents[1] / 'setup.py').read_text()
+    setup_py = (REPO / 'setup.py').read_text()
     assert re.findall(r"'torch>=([0-9.]+)'", setup_py) == [TORCH_MIN]
 
 
 def test_compatible_stack_imports():
     out = _import_with('')
     assert out.returncode == 0, out.stderr
+
+
+def test_incompatible_library_version_at_import():
+    code = textwrap.dedent('''
+        import importlib.metadata as md
+        real = md.version
+        md.version = lambda name: '0.30.0' if name in ('mmsegmentation', 'mmseg') else real(name)
+        import s2aformer_mm
+    ''')
+    proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                          env=ENV, timeout=120)
+    assert proc.returncode != 0
+    assert 'mmsegmentation 0.30.0' in proc.stderr and 'mmsegmentation==1.2.2' in proc.stderr

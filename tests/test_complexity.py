@@ -1,6 +1,5 @@
 """Counting parity with docs/architecture.md / paper Table II."""
 import runpy
-from pathlib import Path
 
 import pytest
 import torch
@@ -10,9 +9,10 @@ from s2aformer_mm import S2AFormer
 from s2aformer_mm.complexity import (PAPER, REFERENCE, backbone_macs, count_macs,
                                      count_params, rel_err)
 from s2aformer_mm.models.s2aformer import StripSelfAttention
+from s2aformer_mm.testing import REPO
 
-GET_FLOPS = Path(__file__).resolve().parents[1] / 'tools' / 'analysis' / 'get_flops.py'
-FPN_MINI = str(GET_FLOPS.parents[2] / 'configs' / 'mmseg' / 'fpn_s2aformer_mini_ade20k.py')
+GET_FLOPS = REPO / 'tools' / 'analysis' / 'get_flops.py'
+FPN_MINI = str(REPO / 'configs' / 'mmseg' / 'fpn_s2aformer_mini_ade20k.py')
 
 
 def _classifier(arch):

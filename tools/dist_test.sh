@@ -17,6 +17,11 @@ MASTER_ADDR=${MASTER_ADDR:-127.0.0.1}
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PYTHON=${S2A_PYTHON:-$([ -x "$REPO/.venv/bin/python" ] && echo "$REPO/.venv/bin/python" || echo python)}
 
+# Up-front checks once, before the processes start: a refusal (missing data, file, bad
+# option) is then printed once and is the last thing on screen, not once per process
+# followed by torchrun's traceback.
+"$PYTHON" "$REPO/tools/test.py" "$CONFIG" "$CHECKPOINT" --launcher pytorch "$@" --check-only || exit $?
+
 exec "$PYTHON" -m torch.distributed.run \
     --nnodes="$NNODES" --node_rank="$NODE_RANK" --master_addr="$MASTER_ADDR" \
     --master_port="$PORT" --nproc_per_node="$GPUS" \

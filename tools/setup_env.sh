@@ -25,7 +25,7 @@ MMCV_VERSION="2.1.0"
 # (a venv's own 65.x) have no 'bdist_wheel' without the 'wheel' package, and only torch
 # 2.14's dependencies happened to upgrade it.
 STACK=(mmengine==0.10.7 mmpretrain==1.2.0 mmsegmentation==1.2.2 mmdet==3.3.0
-       ftfy regex "pycocotools>=2.0.8" "setuptools>=70.1,<80" ninja psutil pytest onnx==1.23.2 onnxruntime==1.32.0 onnxscript==0.7.2)
+       ftfy regex "pycocotools>=2.0.8" "setuptools>=70.1,<80" ninja psutil pytest ruff==0.17.5 tensorboard==2.21.0 onnx==1.23.2 onnxruntime==1.32.0 onnxscript==0.7.2)
 
 t0=$SECONDS
 step() { printf '\n[setup %4ds] %s\n' "$((SECONDS - t0))" "$*"; }

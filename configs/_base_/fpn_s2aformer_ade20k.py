@@ -4,7 +4,8 @@
 # settings of ./models/s2aformer_*.py; this file alone names no variant.
 _base_ = [
     'mmseg::_base_/models/fpn_r50.py', 'mmseg::_base_/datasets/ade20k.py',
-    'mmseg::_base_/default_runtime.py', 'mmseg::_base_/schedules/schedule_40k.py'
+    'mmseg::_base_/default_runtime.py', 'mmseg::_base_/schedules/schedule_40k.py',
+    './s2aformer_runtime.py'
 ]
 
 # BN instead of the base's SyncBN, which needs CUDA in distributed runs (mmengine reverts it
@@ -50,3 +51,7 @@ param_scheduler = [
 ]
 # Documents the batch the lr is tuned for; enable with `--auto-scale-lr`.
 auto_scale_lr = dict(enable=False, base_batch_size=32)
+
+# Atomic checkpoints, newest-loadable resume, per-iteration seeds (./s2aformer_runtime.py).
+default_hooks = dict(checkpoint=_base_.s2aformer_checkpoint_hook)
+custom_hooks = [_base_.s2aformer_seed_hook]

@@ -14,7 +14,7 @@
 _base_ = [
     'mmpretrain::_base_/datasets/imagenet_bs64_swin_224.py',
     'mmpretrain::_base_/schedules/imagenet_bs1024_adamw_swin.py',
-    'mmpretrain::_base_/default_runtime.py'
+    'mmpretrain::_base_/default_runtime.py', './s2aformer_runtime.py'
 ]
 
 model = dict(
@@ -45,7 +45,9 @@ train_pipeline = [
 ]
 # Total batch 1024 = 4 GPUs x 256 images (paper). auto_scale_lr (enable it
 # with `--auto-scale-lr`) rescales lr linearly for another total batch.
-train_dataloader = dict(batch_size=256, dataset=dict(pipeline=train_pipeline))
+# Workers seeded per epoch (./s2aformer_runtime.py).
+train_dataloader = dict(
+    batch_size=256, dataset=dict(pipeline=train_pipeline), **_base_.s2aformer_epoch_loader)
 
 optim_wrapper = dict(optimizer=dict(lr=6e-3, weight_decay=0.05))
 param_scheduler = [
@@ -62,5 +64,8 @@ auto_scale_lr = dict(base_batch_size=1024)
 # (avg = (1 - momentum) * avg + momentum * param), so decay 0.9995 is 5e-4.
 # Buffers (BN statistics) are averaged too, as timm's ModelEmaV2 does.
 custom_hooks = [
-    dict(type='EMAHook', momentum=5e-4, update_buffers=True, priority='ABOVE_NORMAL')
+    dict(type='EMAHook', momentum=5e-4, update_buffers=True, priority='ABOVE_NORMAL'),
+    _base_.s2aformer_seed_hook,
 ]
+# Atomic checkpoints and newest-loadable resume (./s2aformer_runtime.py).
+default_hooks = dict(checkpoint=_base_.s2aformer_checkpoint_hook)

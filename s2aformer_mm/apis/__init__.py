@@ -8,7 +8,13 @@ package imports it. The deploy-form folds themselves (``switch_to_deploy``, ...)
 part of the model: :mod:`s2aformer_mm.models.reparam`.
 """
 from .export import ONNX_OPSET, ClassifierLogits, export_onnx, onnxruntime_session
-from .model import build_model_from_config, load_deploy_model
+from .inference import (IMAGE_EXTENSIONS, build_inferencer, collect_images, infer_images,
+                        load_inference_model, prebuilt_model_inferencer)
+from .model import build_model_from_config, load_deploy_model, save_initial_checkpoint
+from .model_index import model_index_path, register_model_index
 
-__all__ = ['build_model_from_config', 'load_deploy_model', 'ONNX_OPSET', 'ClassifierLogits',
-           'export_onnx', 'onnxruntime_session']
+__all__ = ['build_model_from_config', 'load_deploy_model', 'save_initial_checkpoint',
+           'ONNX_OPSET', 'ClassifierLogits', 'export_onnx', 'onnxruntime_session',
+           'IMAGE_EXTENSIONS', 'collect_images', 'load_inference_model',
+           'prebuilt_model_inferencer', 'build_inferencer', 'infer_images',
+           'model_index_path', 'register_model_index']

@@ -9,10 +9,16 @@ makes ``--resume`` start from scratch. Here:
 * :class:`SafeCheckpointHook` saves first (atomically, through the
   ``atomic_local`` backend of :mod:`s2aformer_mm.checkpoint`), then points
   ``last_checkpoint`` at it (atomically), and only then removes old files;
-* :func:`find_resumable_checkpoint` picks the newest checkpoint that actually
-  loads, falling back past an empty pointer or a corrupt file.
+* when a run resumes without a path (``--resume`` of any launcher's
+  ``tools/train.py``, i.e. ``resume=True, load_from=None``), the hook picks the
+  newest checkpoint that actually loads (:func:`find_resumable_checkpoint`), falling
+  back past an empty pointer or a corrupt file, instead of mmengine's pointer.
+
+The task configs name the hook and the backend (``configs/_base_/s2aformer_runtime.py``),
+so every launcher that reads them gets both.
 """
 import glob
+import logging
 import os
 import os.path as osp
 import re
@@ -28,7 +34,27 @@ from ..checkpoint import AtomicLocalBackend, UnsafeCheckpointError, safe_load
 
 @HOOKS.register_module()
 class SafeCheckpointHook(CheckpointHook):
-    """``CheckpointHook`` that never leaves the work dir without a usable checkpoint."""
+    """``CheckpointHook`` that never leaves the work dir without a usable checkpoint,
+    and resumes from the newest one that loads (the module docstring says how).
+
+    Args:
+        **kwargs: :class:`mmengine.hooks.CheckpointHook` arguments; pair it with
+            ``backend_args=dict(backend='atomic_local')`` for atomic writes.
+    """
+
+    def before_run(self, runner) -> None:
+        # Runner.train calls before_run just before load_or_resume, which reads these two
+        # (mmengine 0.10.7 has no public setter); a resume PATH is left alone.
+        if not (runner._resume and runner._load_from is None):
+            return
+        remove_stale_temp_files(runner.work_dir)
+        latest = find_resumable_checkpoint(runner.work_dir)
+        if latest is None:
+            print_log(f'resume: no checkpoint in {runner.work_dir}; starting at iteration 0.',
+                      logger='current', level=logging.WARNING)
+        else:
+            print_log(f'resume: newest loadable checkpoint is {latest}', logger='current')
+        runner._resume, runner._load_from = latest is not None, latest
 
     def _save_checkpoint_with_step(self, runner, step, meta):
         # Same bookkeeping as mmengine (so the saved keep_ckpt_ids are right), but the
@@ -59,23 +85,14 @@ class SafeCheckpointHook(CheckpointHook):
                 self.file_backend.rmtree(path)
 
 
-def apply_checkpoint_defaults(cfg) -> None:
-    """Use :class:`SafeCheckpointHook` and atomic local writes unless the config
-    chose another hook type or a remote/backend-specific output."""
-    hook = cfg.get('default_hooks', {}).get('checkpoint')
-    if hook is None:
-        return
-    if hook.get('type') in ('CheckpointHook', 'mmengine.CheckpointHook'):
-        hook['type'] = 'SafeCheckpointHook'
-    if not hook.get('backend_args') and '://' not in str(hook.get('out_dir') or ''):
-        hook['backend_args'] = dict(backend='atomic_local')
-
-
 _STEP = re.compile(r'(?:iter|epoch)_(\d+)\.pth$')
 
 
 def remove_stale_temp_files(work_dir: str) -> None:
-    """Delete ``.*.pth.*.tmp`` files left by a job killed while saving."""
+    """Delete ``.*.pth.*.tmp`` files left by a job killed while saving (on rank 0;
+    the other ranks may look at the same directory)."""
+    if not is_main_process():
+        return
     for tmp in glob.glob(osp.join(work_dir, '.*.pth.*.tmp')):
         os.unlink(tmp)
         print_log(f'removed {tmp}, left by a run killed while saving', logger='current')
@@ -104,7 +121,7 @@ def find_resumable_checkpoint(work_dir: str) -> Optional[str]:
         except UnsafeCheckpointError:
             raise
         except (FileNotFoundError, RuntimeError) as e:
-            print_log(f'--resume: skipping {path}: {e}', logger='current', level=30)
+            print_log(f'resume: skipping {path}: {e}', logger='current', level=logging.WARNING)
             continue
         return path
     return None

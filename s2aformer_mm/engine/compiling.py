@@ -1,8 +1,9 @@
 """mmengine's ``compile`` option, applied the way that trains correctly.
 
-``tools/train.py`` takes the option out of the config (:func:`take_compile_option`)
-and compiles the networks' training forward only, not the losses or the optimizer
-step (:func:`compile_model`); why, and
+``tools/train.py`` takes the option out of the built Runner's config
+(:func:`take_compile_option`; the copy saved in the work dir keeps it) and compiles
+the networks' training forward only, not the losses or the optimizer step
+(:func:`compile_model`); why, and
 the torch 2.14.1 behaviour :func:`check_compile_backend` guards against, is in
 ``docs/deployment.md`` section 4.
 """
@@ -23,15 +24,12 @@ from .errors import UsageError
 
 
 def take_compile_option(cfg: Config) -> Optional[dict]:
-    """Take mmengine's ``compile`` option out of ``cfg``; :func:`compile_model` applies it.
+    """Take mmengine's ``compile`` option out of ``cfg`` (a Runner's, which
+    ``Runner.train`` reads); :func:`compile_model` applies it.
 
-    mmengine compiles ``model.train_step``, and with it the optimizer step. A compiled
-    ``AdamW.step`` with ``lr == 0`` writes NaN into every parameter whose gradients have
-    all been exactly zero so far (``0 / 0`` in the compiled update; eager gives 0), and
-    the ADE20K schedule here (PolyLR, ``eta_min=0``) reaches ``lr == 0`` at its last
-    iteration: with ``compile=True`` the demo's final checkpoint had NaN in 19 SE tensors
-    and scored 2.03 mIoU instead of 33.60 (same losses until then). So the tools compile
-    the networks' training forward (:func:`compile_model`) and keep the optimizer eager.
+    mmengine would compile ``model.train_step`` with the optimizer step, and a compiled
+    ``AdamW.step`` at ``lr == 0`` (the end of the ADE20K schedule) writes NaN into
+    parameters whose gradients were all zero (docs/deployment.md, section 4).
     """
     option = cfg.pop('compile', None)
     if option is None or option is False:
@@ -48,16 +46,12 @@ def compile_model(runner: Runner, options: Optional[dict]) -> None:
     """``torch.compile`` the forward of the model's networks (backbone, neck, heads:
     every child module with parameters but the data preprocessor) while training.
 
-    Not the optimizer step (:func:`take_compile_option`), and not the losses: the heads'
-    ``loss`` methods call their compiled ``forward`` and compute the loss eagerly. Loss
-    code depends on the data: mmdet's assigners and samplers recompiled and broke the
-    graph dozens of times in a few RetinaNet iterations, and mmseg's ``loss_by_feat``
-    recompiled for every flip pattern of a batch (a label's size-1 stride follows the
-    flip) until dynamo's limit. Compiled anyway, mmseg's loss made the demo's CPU step
-    slower (0.63 s against 0.50 s eager). A network whose own ``forward`` is not called
-    in training (mmdet's RoI heads call their box and mask heads directly) is handed
-    down to its sub-networks by :class:`CompileCalledForwards`. Validation and testing
-    stay eager, as with mmengine.
+    Not the optimizer step (:func:`take_compile_option`), and not the losses, whose
+    code depends on the data and recompiled without end (docs/deployment.md, section
+    4): the heads' ``loss`` methods call their compiled ``forward`` and compute the loss
+    eagerly. A network whose own ``forward`` is not called in training (mmdet's RoI
+    heads) is handed down to its sub-networks by :class:`CompileCalledForwards`.
+    Validation and testing stay eager, as with mmengine.
     """
     if options is None:
         return
@@ -134,10 +128,13 @@ class CompileCalledForwards(Hook):
 
 
 def _checkpointed_random_layers(model: torch.nn.Module) -> List[str]:
-    """Dropout / drop-path layers inside modules that recompute in backward (``with_cp``)."""
+    """Dropout / drop-path layers inside modules that recompute in backward (``with_cp``
+    True, or ``'auto'`` for a model on the CPU)."""
+    cpu = next(model.parameters()).device.type == 'cpu'
     recomputing, found = [], []
     for name, m in model.named_modules():  # parents come before their children
-        if getattr(m, 'with_cp', False) is True:
+        with_cp = getattr(m, 'with_cp', False)
+        if with_cp is True or (with_cp == 'auto' and cpu):
             recomputing.append(name + '.')
         p = (m.p if isinstance(m, torch.nn.modules.dropout._DropoutNd)
              else getattr(m, 'drop_prob', 0) or getattr(m, 'attn_drop', 0))

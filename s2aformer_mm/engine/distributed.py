@@ -1,11 +1,17 @@
-"""Process-group set-up and a DDP wrapper that also work without CUDA.
+"""Process-group set-up and a DDP wrapper that work with and without CUDA.
 
 mmengine 0.10.7 assumes GPUs in its distributed path: ``init_dist`` always
 calls ``torch.cuda.set_device`` and defaults to nccl, ``Runner.wrap_model``
 always passes ``device_ids=[LOCAL_RANK]`` and keeps SyncBN when distributed.
-The tools initialise the process group here *before* building the Runner (the
-Runner then skips ``init_dist``) and select :class:`CPUDistributedDataParallel`
-through ``model_wrapper_cfg`` when CUDA is unavailable.
+
+* :func:`init_distributed` (called by ``tools/train.py`` / ``tools/test.py`` before
+  the Runner exists, which then skips ``init_dist``) picks the backend from the
+  machine when the run starts: the config's, unless it is nccl without CUDA (gloo).
+  Nothing is written back into the config.
+* :class:`DeviceAwareDistributedDataParallel`, named by the task configs'
+  ``model_wrapper_cfg`` (``configs/_base_/s2aformer_runtime.py``), decides when it is
+  built: mmengine's DDP on a GPU, DDP without ``device_ids`` and without SyncBN on
+  the CPU. So one config (and its copy in a work dir) runs on either machine.
 """
 import gc
 import os
@@ -15,6 +21,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 from mmengine.dist import init_dist
+from mmengine.logging import print_log
 from mmengine.model import MMDistributedDataParallel, is_model_wrapper, revert_sync_batchnorm
 from mmengine.registry import MODEL_WRAPPERS
 
@@ -50,18 +57,21 @@ def launch_rank(launcher: str) -> int:
 def init_distributed(launcher: str, backend: str = None, timeout: int = 1800) -> str:
     """Initialise the default process group for ``launcher``; return the backend.
 
-    ``backend=None`` picks nccl with CUDA and gloo without. On CUDA slurm/mpi
-    launches are delegated to mmengine's ``init_dist`` unchanged.
+    ``backend`` is the config's ``env_cfg.dist_cfg.backend``: None picks nccl with
+    CUDA and gloo without, and nccl (the OpenMMLab bases' choice) becomes gloo on a
+    machine without CUDA (logged). On CUDA, slurm/mpi launches are delegated to
+    mmengine's ``init_dist`` unchanged.
     """
     if launcher not in LAUNCHERS:
         raise ValueError(f'Unknown launcher {launcher!r}; choose one of {LAUNCHERS}.')
     if launcher == 'none' or dist.is_initialized():
         return dist.get_backend() if dist.is_initialized() else 'none'
     cuda = torch.cuda.is_available()
-    backend = backend or ('nccl' if cuda else 'gloo')
     if backend == 'nccl' and not cuda:
-        raise RuntimeError('dist backend nccl needs CUDA, which is unavailable here; use gloo '
-                           '(the default without CUDA).')
+        print_log('env_cfg.dist_cfg.backend=nccl needs CUDA, unavailable here: using gloo.',
+                  logger='current')
+    if backend is None or (backend == 'nccl' and not cuda):
+        backend = 'nccl' if cuda else 'gloo'
     if cuda and launcher != 'pytorch':
         init_dist(launcher, backend=backend)
         return backend
@@ -76,6 +86,28 @@ def init_distributed(launcher: str, backend: str = None, timeout: int = 1800) ->
         torch.cuda.set_device(int(os.environ.get('LOCAL_RANK', 0)))
     dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout))
     return backend
+
+
+class ProcessGroup:
+    """``with ProcessGroup(launcher, backend) as group:`` -- the process group of a
+    tool's run: initialised on entry (:func:`init_distributed`), destroyed on exit
+    (:func:`destroy_distributed`; without the barrier after an error). Set
+    ``group.runner`` once built, so that its DDP wrapper is released first."""
+
+    def __init__(self, launcher: str, backend: str = None):
+        self.launcher, self.backend, self.runner = launcher, backend, None
+
+    def __enter__(self) -> 'ProcessGroup':
+        self.backend = init_distributed(self.launcher, self.backend)
+        if self.launcher != 'none':
+            rank, world = dist.get_rank(), dist.get_world_size()
+            print(f'[s2aformer] rank {rank}/{world}: process group ready (backend '
+                  f'{self.backend}, {"cuda" if torch.cuda.is_available() else "cpu"})',
+                  flush=True)
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        destroy_distributed(self.runner, barrier=exc_type is None)
 
 
 def destroy_distributed(runner=None, barrier: bool = True) -> None:
@@ -100,13 +132,26 @@ def destroy_distributed(runner=None, barrier: bool = True) -> None:
         dist.destroy_process_group()
 
 
-@MODEL_WRAPPERS.register_module()
-class CPUDistributedDataParallel(MMDistributedDataParallel):
-    """:class:`MMDistributedDataParallel` for modules on the CPU (gloo).
+#: model wrappers that run on the CPU (tools/train.py refuses others there up front)
+CPU_CAPABLE_WRAPPERS = ('DeviceAwareDistributedDataParallel',
+                        'mmengine.DeviceAwareDistributedDataParallel')
 
-    ``Runner.wrap_model`` passes ``device_ids=[LOCAL_RANK]``, which DDP rejects
-    for CPU modules, so it is dropped; SyncBN (inherited from OpenMMLab base
-    configs) needs CUDA, so it is reverted to BN before wrapping.
+
+@MODEL_WRAPPERS.register_module()
+class DeviceAwareDistributedDataParallel(MMDistributedDataParallel):
+    """:class:`MMDistributedDataParallel` for a module on a GPU or on the CPU.
+
+    On a GPU it is mmengine's wrapper unchanged. On the CPU (gloo), the
+    ``device_ids=[LOCAL_RANK]`` that ``Runner.wrap_model`` passes is dropped (DDP
+    rejects it for CPU modules) and SyncBN (from OpenMMLab base configs; it needs
+    CUDA) is reverted to BN before wrapping. ``broadcast_buffers`` defaults to False,
+    as in mmengine's default wrapper.
+
+    Args:
+        module (nn.Module): The model to wrap (on its device already).
+        detect_anomalous_params (bool): mmengine's check for parameters that do not
+            take part in the loss. Defaults to False.
+        **kwargs: ``torch.nn.parallel.DistributedDataParallel`` arguments.
     """
 
     def __init__(self, module, detect_anomalous_params: bool = False, **kwargs):

@@ -1,15 +1,18 @@
-"""``--amp`` on CPU: bf16 autocast in an ``OptimWrapper``.
+"""Mixed precision that is chosen by the machine when the optimizer wrapper is built.
 
-mmengine's ``AmpOptimWrapper`` asserts a GPU when it is built. On CPU the tools
-select :class:`BF16AutocastOptimWrapper` instead: the forward/loss pass of
-``train_step`` runs under ``torch.autocast('cpu', dtype=torch.bfloat16)``; bf16
-has fp32's exponent range, so no loss scaling is needed.
+``tools/train.py --amp`` sets ``optim_wrapper.type='MixedPrecisionOptimWrapper'``
+(:func:`MixedPrecisionOptimWrapper`), which the config copy in the work dir keeps:
+built where CUDA is available it is mmengine's fp16 ``AmpOptimWrapper`` with dynamic
+loss scaling (what the libraries' own ``--amp`` selects); built without CUDA it is
+:class:`BF16AutocastOptimWrapper`, since ``AmpOptimWrapper`` asserts a GPU. bf16 has
+fp32's exponent range, so it needs no loss scaling.
 """
 import importlib
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import torch
-from mmengine.optim import OptimWrapper
+from mmengine.logging import print_log
+from mmengine.optim import AmpOptimWrapper, OptimWrapper
 from mmengine.registry import OPTIM_WRAPPERS
 
 
@@ -60,10 +63,38 @@ def fp32_mmcv_ops():
 
 @OPTIM_WRAPPERS.register_module()
 class BF16AutocastOptimWrapper(OptimWrapper):
-    """An ``OptimWrapper`` whose ``optim_context`` adds CPU bf16 autocast."""
+    """An ``OptimWrapper`` whose ``optim_context`` adds bf16 autocast on the model's
+    device (CPU: with mmcv's ``nms`` / ``roi_align`` kept in fp32, :func:`fp32_mmcv_ops`).
+
+    Args:
+        **kwargs: :class:`mmengine.optim.OptimWrapper` arguments.
+    """
 
     @contextmanager
     def optim_context(self, model):
-        with super().optim_context(model), fp32_mmcv_ops(), \
-                torch.autocast('cpu', dtype=torch.bfloat16):
+        device = next(model.parameters()).device.type
+        fp32_ops = fp32_mmcv_ops() if device == 'cpu' else nullcontext()
+        with super().optim_context(model), fp32_ops, \
+                torch.autocast(device, dtype=torch.bfloat16):
             yield
+
+
+@OPTIM_WRAPPERS.register_module()
+def MixedPrecisionOptimWrapper(**kwargs) -> OptimWrapper:  # noqa: N802 (a config type)
+    """Build the mixed-precision wrapper for this machine (the module docstring says
+    which); ``kwargs`` are the ``optim_wrapper`` config's. On CUDA ``loss_scale``
+    defaults to ``'dynamic'``; without CUDA, ``loss_scale`` and ``use_fsdp`` are
+    dropped (bf16 needs no scaler) and ``dtype`` may only be bf16."""
+    if torch.cuda.is_available():
+        kwargs.setdefault('loss_scale', 'dynamic')
+        print_log('Mixed precision: fp16 AmpOptimWrapper (CUDA).', logger='current')
+        return AmpOptimWrapper(**kwargs)
+    kwargs.pop('loss_scale', None)
+    kwargs.pop('use_fsdp', None)
+    dtype = kwargs.pop('dtype', None)
+    if dtype not in (None, 'bfloat16', torch.bfloat16):
+        raise ValueError(f'optim_wrapper.dtype={dtype!r}: without CUDA mixed precision runs in '
+                         f'bfloat16; remove dtype or set it to "bfloat16".')
+    print_log('Mixed precision: bf16 autocast on the CPU (BF16AutocastOptimWrapper).',
+              logger='current')
+    return BF16AutocastOptimWrapper(**kwargs)

@@ -26,11 +26,14 @@ replay, and their augmentation had two faults under mmengine's default
   a resumed run restarts from the beginning.
 
 So in epoch-based runs the hook also seeds torch, numpy and ``random`` at the start
-of every epoch from ``(seed, epoch)``, and :func:`apply_epoch_worker_seeds` makes the
-workers start every epoch (``persistent_workers=False``) with
+of every epoch from ``(seed, epoch)``, and the epoch-based task configs start the
+training loader's workers every epoch (``persistent_workers=False``) with
 :func:`seed_worker_from_loader`, which seeds them from the loader's per-epoch seed.
 Every epoch's augmentation is then a function of ``(seed, epoch, rank)``: different
 in each epoch and the same after a resume.
+
+Both are named in the task configs (``configs/_base_/s2aformer_runtime.py``), so
+every launcher that reads them resumes bit for bit.
 """
 import os
 import random
@@ -38,7 +41,6 @@ import random
 import numpy as np
 import torch
 from mmengine.hooks import Hook
-from mmengine.logging import print_log
 from mmengine.registry import FUNCTIONS, HOOKS
 from mmengine.runner import EpochBasedTrainLoop
 
@@ -90,38 +92,3 @@ def seed_worker_from_loader(worker_id: int) -> None:
     rank = (torch.distributed.get_rank() if torch.distributed.is_available()
             and torch.distributed.is_initialized() else int(os.environ.get('RANK', 0)))
     _seed_all(iteration_seed(torch.initial_seed(), rank))
-
-
-def _epoch_based(train_cfg) -> bool:
-    """Which loop mmengine's ``Runner.build_train_loop`` builds for ``train_cfg``."""
-    loop = (train_cfg or {}).get('type')
-    if loop is not None:
-        return loop in ('EpochBasedTrainLoop', 'mmengine.EpochBasedTrainLoop')
-    return bool((train_cfg or {}).get('by_epoch', False))
-
-
-def apply_epoch_worker_seeds(cfg) -> None:
-    """In epoch-based runs, start the training loader's workers every epoch, seeded
-    by :func:`seed_worker_from_loader`; a config's own ``worker_init_fn`` is kept."""
-    loader = cfg.get('train_dataloader')
-    if (not loader or not _epoch_based(cfg.get('train_cfg'))
-            or not loader.get('num_workers') or loader.get('worker_init_fn')):
-        return
-    loader.worker_init_fn = dict(type='seed_worker_from_loader')
-    if loader.get('persistent_workers'):
-        loader.persistent_workers = False
-        print_log('Epoch-based training: the train loader workers restart every epoch '
-                  '(persistent_workers=False), seeded from (seed, epoch, rank), so each '
-                  "epoch draws new augmentations and a resumed run repeats the original's.",
-                  logger='current')
-
-
-def apply_seeding(cfg) -> None:
-    """Add :class:`IterationSeedHook` to ``custom_hooks`` unless it is there, and
-    :func:`apply_epoch_worker_seeds`."""
-    hooks = list(cfg.get('custom_hooks') or [])
-    if not any(h.get('type') in ('IterationSeedHook', 'mmengine.IterationSeedHook')
-               for h in hooks):
-        hooks.append(dict(type='IterationSeedHook'))
-    cfg.custom_hooks = hooks
-    apply_epoch_worker_seeds(cfg)

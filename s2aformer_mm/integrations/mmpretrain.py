@@ -1,9 +1,13 @@
-"""Registers S2AFormer and its classification head in mmpretrain (scope ``mmpretrain``)."""
+"""Registers S2AFormer and its classification head in mmpretrain (scope ``mmpretrain``),
+and a layer-wise lr-decay constructor for any model with an S2AFormer backbone."""
+from functools import partial
 from typing import List, Tuple
 
 import torch
 import torch.nn as nn
 from mmcv.cnn import build_activation_layer, build_norm_layer
+from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS
+from mmpretrain.engine.optimizers import LearningRateDecayOptimWrapperConstructor
 from mmpretrain.models.heads import ClsHead
 from mmpretrain.registry import MODELS
 from mmpretrain.structures import DataSample
@@ -93,3 +97,29 @@ class S2AFormerClsHead(ClsHead):
         dist = self._get_loss(self.head_dist(x), data_samples, **kwargs)
         losses['loss'] = (losses['loss'] + dist['loss']) / 2
         return losses
+
+
+# In mmengine's root registry, so mmseg and mmdet configs find it by its bare name.
+@OPTIM_WRAPPER_CONSTRUCTORS.register_module()
+class BackboneLayerDecayOptimWrapperConstructor(LearningRateDecayOptimWrapperConstructor):
+    """mmpretrain's layer-wise lr decay for any model whose ``backbone`` has
+    ``get_layer_depth`` (S2AFormer), e.g. mmseg's ``EncoderDecoder`` or mmdet's detectors.
+
+    mmpretrain's constructor asks the whole model for ``get_layer_depth``, which only
+    its classifiers forward to their backbone; mmseg's and mmdet's own constructors
+    accept only ConvNeXt / BEiT. Here a model without the method uses
+    ``model.backbone.get_layer_depth(name, prefix='backbone.')``: the backbone's layers
+    decay, everything else (neck, heads) takes the full lr.
+
+    Args:
+        optim_wrapper_cfg (dict): The ``optim_wrapper`` config.
+        paramwise_cfg (dict): mmpretrain's options, ``layer_decay_rate`` among them.
+    """
+
+    def add_params(self, params, module, prefix='', get_layer_depth=None, **kwargs):
+        backbone = getattr(module, 'backbone', None)
+        if (get_layer_depth is None and not hasattr(module, 'get_layer_depth')
+                and hasattr(backbone, 'get_layer_depth')):
+            get_layer_depth = partial(backbone.get_layer_depth, prefix='backbone.')
+        super().add_params(params, module, prefix=prefix, get_layer_depth=get_layer_depth,
+                           **kwargs)

@@ -2,7 +2,8 @@
 
 Paper: "S2AFormer: Strip Self-Attention for Efficient Vision Transformer" (Xu et
 al.). No official code exists; the layer list follows ``docs/architecture.md``,
-which was fitted to every count the paper publishes (Tables II-VIII). Equation numbers below refer to the paper.
+which was fitted to every count the paper publishes (Tables II-VIII). Equation numbers below
+refer to the paper.
 
 This module holds the building blocks (stem, patch embedding, SSA, LIM, FFN, HPB)
 and :class:`S2AFormer`; the strip-attention operator is in
@@ -444,8 +445,9 @@ class HybridPerceptionBlock(BaseModule):
         token_norm_cfg (dict): The three norms before SSA, LIM and FFN.
             Defaults to ``dict(type='LN', eps=1e-6)``.
         act_cfg (dict): FFN activation. Defaults to ``dict(type='GELU')``.
-        with_cp (bool): Gradient checkpointing of the block (saves memory,
-            recomputes the forward in backward). Defaults to False.
+        with_cp (bool | str): Gradient checkpointing of the block (saves memory,
+            recomputes the forward in backward; same results). ``'auto'``: only
+            for inputs on the CPU, where activations live in RAM. Defaults to False.
     """
 
     def __init__(self,
@@ -462,7 +464,7 @@ class HybridPerceptionBlock(BaseModule):
                  norm_cfg: Dict = dict(type='BN'),
                  token_norm_cfg: Dict = dict(type='LN', eps=1e-6),
                  act_cfg: Dict = dict(type='GELU'),
-                 with_cp: bool = False):
+                 with_cp: Union[bool, str] = False):
         super().__init__()
         self.with_cp = with_cp
         self.pos = nn.Conv2d(dim, dim, kernel_size=3, padding=1, groups=dim)
@@ -503,7 +505,8 @@ class HybridPerceptionBlock(BaseModule):
         return x
 
     def forward(self, x):
-        if self.with_cp and x.requires_grad:
+        checkpointing = x.device.type == 'cpu' if self.with_cp == 'auto' else self.with_cp
+        if checkpointing and x.requires_grad:
             return cp.checkpoint(self._forward, x, use_reentrant=False)
         return self._forward(x)
 
@@ -558,7 +561,11 @@ class S2AFormer(BaseModule):
         fused_attn (bool): Fused attention (the strip-attention kernel, or
             SDPA in exported graphs); False runs the literal formula. Same
             results up to rounding. Defaults to True.
-        with_cp (bool): Gradient checkpointing of each block. Defaults to False.
+        with_cp (bool | str): Gradient checkpointing of each block (same
+            results, about half the activation memory in training). ``'auto'``
+            (what the configs use): on while training on the CPU, where
+            activations live in RAM, off on GPUs; decided per forward from the
+            input's device and logged once. Defaults to False.
         norm_cfg (dict): Conv-side norm (stem, attention reduction, FFN).
             Defaults to ``dict(type='BN')``.
         token_norm_cfg (dict): Token norm (patch embeddings, blocks, output
@@ -596,6 +603,7 @@ class S2AFormer(BaseModule):
     _arch_keys = {'depths', 'channels', 'num_heads'}
     _optional_arch_keys = {'sr_ratios'}
     num_stages = 4
+    _auto_cp_logged = False   # with_cp='auto' is logged once per process
 
     def __init__(self,
                  arch: Union[str, Dict] = 't',
@@ -611,12 +619,15 @@ class S2AFormer(BaseModule):
                  attn_drop_rate: float = 0.,
                  proj_drop_rate: float = 0.,
                  fused_attn: bool = True,
-                 with_cp: bool = False,
+                 with_cp: Union[bool, str] = False,
                  norm_cfg: Dict = dict(type='BN'),
                  token_norm_cfg: Dict = dict(type='LN', eps=1e-6),
                  act_cfg: Dict = dict(type='GELU'),
                  init_cfg: Optional[Union[Dict, Sequence[Dict]]] = None):
         super().__init__(init_cfg=init_cfg)
+        if with_cp not in (True, False, 'auto'):
+            raise ValueError(f"with_cp must be True, False or 'auto', got {with_cp!r}")
+        self.with_cp = with_cp if with_cp == 'auto' else bool(with_cp)
         self.arch_settings = self._parse_arch(arch)
         depths = self.arch_settings['depths']
         channels = self.arch_settings['channels']
@@ -653,7 +664,7 @@ class S2AFormer(BaseModule):
                     norm_cfg=norm_cfg,
                     token_norm_cfg=token_norm_cfg,
                     act_cfg=act_cfg,
-                    with_cp=with_cp) for j in range(depth)]))
+                    with_cp=self.with_cp) for j in range(depth)]))
             prev, cur = dim, cur + depth
         if out_norm:
             for i in self.out_indices:
@@ -696,7 +707,8 @@ class S2AFormer(BaseModule):
         settings.setdefault('sr_ratios', list(cls.default_sr_ratios))
         for key, value in settings.items():
             if len(value) != cls.num_stages or not all(isinstance(v, int) and v > 0 for v in value):
-                raise ValueError(f'arch[{key!r}] must be {cls.num_stages} positive ints, got {value}')
+                raise ValueError(
+                    f'arch[{key!r}] must be {cls.num_stages} positive ints, got {value}')
         for c, h in zip(settings['channels'], settings['num_heads']):
             if c % h:
                 raise ValueError(f'arch channels {settings["channels"]} must be divisible by '
@@ -715,7 +727,8 @@ class S2AFormer(BaseModule):
         for idx in out_indices:
             if not isinstance(idx, int) or idx not in valid:
                 raise ValueError(f'Invalid out_indices {list(out_indices)}: each index must be an '
-                                 f'int in {valid[0]}..{valid[-1]} (stages 0-3, negatives from the end).')
+                                 f'int in {valid[0]}..{valid[-1]} (stages 0-3, negatives from the '
+                                 f'end).')
             normalised.append(idx % cls.num_stages)
         if len(set(normalised)) != len(normalised):
             raise ValueError(f'out_indices {list(out_indices)} name the same stage twice.')
@@ -743,6 +756,71 @@ class S2AFormer(BaseModule):
                 normal_init(m, mean=0., std=(2.0 / fan_out) ** 0.5, bias=0.)
             elif isinstance(m, (nn.LayerNorm, _BatchNorm)):
                 constant_init(m, 1., bias=0.)
+
+    def get_layer_depth(self, param_name: str, prefix: str = '') -> Tuple[int, int]:
+        """Layer depth of a parameter, for layer-wise learning-rate decay.
+
+        mmpretrain's ``LearningRateDecayOptimWrapperConstructor`` scales the lr of
+        a parameter at depth ``d`` by ``layer_decay_rate ** (num_layers - 1 - d)``,
+        so the layers nearest the input (generic features a pretrained backbone
+        should keep) move least and the head moves at the base lr. It reaches
+        this method through ``ImageClassifier.get_layer_depth``, which passes
+        ``prefix='backbone.'``. Depths follow the forward pass, as for mmpretrain's
+        Swin Transformer:
+
+        * ``0``: the stem;
+        * ``1 .. sum(depths)``: one per Hybrid Perception Block, in order; stage
+          ``i``'s patch embedding shares the depth of that stage's first block
+          (it is the block's input projection), and the output norm ``out_norm{i}``
+          that of the stage's last block (it normalises that block's output);
+        * ``num_layers - 1 = sum(depths) + 1``: everything that does not start with
+          ``prefix`` (the neck and heads after the backbone).
+
+        Deploy-form names (:meth:`switch_to_deploy`) keep these prefixes and get
+        the same depths.
+
+        Args:
+            param_name (str): Parameter name, as in the model's
+                ``named_parameters()``.
+            prefix (str): Prefix of the backbone's parameters in that model, e.g.
+                ``'backbone.'``; names without it belong to the head. Defaults to
+                ``''`` (``param_name`` is relative to this backbone).
+
+        Returns:
+            Tuple[int, int]: ``(layer_depth, num_layers)``, with ``layer_depth`` in
+            ``[0, num_layers - 1]`` and ``num_layers = sum(depths) + 2``.
+
+        Raises:
+            ValueError: ``param_name`` starts with ``prefix`` but names no
+                parameter of this backbone (e.g. a wrong ``prefix``), rather than
+                silently giving it the head's learning rate.
+        """
+        depths = self.arch_settings['depths']
+        num_layers = sum(depths) + 2
+        if not param_name.startswith(prefix):
+            return num_layers - 1, num_layers
+        name = param_name[len(prefix):]
+        parts = name.split('.')
+        first_block = [sum(depths[:i]) + 1 for i in range(self.num_stages)]
+        try:
+            if parts[0] == 'stem':
+                return 0, num_layers
+            if parts[0] == 'patch_embeds':
+                return first_block[int(parts[1])], num_layers
+            if parts[0] == 'stages':
+                stage, block = int(parts[1]), int(parts[2])
+                if 0 <= block < depths[stage]:
+                    return first_block[stage] + block, num_layers
+            elif parts[0].startswith('out_norm') and len(parts) > 1:
+                stage = int(parts[0][len('out_norm'):])
+                return first_block[stage] + depths[stage] - 1, num_layers
+        except (IndexError, ValueError):
+            pass
+        raise ValueError(
+            f'get_layer_depth: {param_name!r} starts with prefix {prefix!r} but {name!r} is not '
+            f'an S2AFormer parameter (stem.*, patch_embeds.<i>.*, stages.<i>.<j>.*, '
+            f'out_norm<i>.*). Pass the prefix under which the backbone sits in the model, '
+            f"e.g. 'backbone.'.")
 
     def _freeze_stages(self):
         frozen = []
@@ -800,7 +878,8 @@ class S2AFormer(BaseModule):
         self.eval()
         last_bn = self.stem[-1][-1]
         if isinstance(last_bn, _BatchNorm):
-            reparam.fold_affine_into_conv_input(self.patch_embeds[0].proj, *reparam.bn_affine(last_bn))
+            reparam.fold_affine_into_conv_input(self.patch_embeds[0].proj,
+                                                *reparam.bn_affine(last_bn))
             self.stem[-1][-1] = nn.Identity()
         for unit in self.stem:
             unit.fuse_act()
@@ -811,6 +890,17 @@ class S2AFormer(BaseModule):
         return self.eval()  # also the modules created by the folds
 
     # ------------------------------------------------------------------ forward
+    def _log_auto_checkpointing(self, device: torch.device) -> None:
+        """Say once per process what ``with_cp='auto'`` chose on this machine."""
+        if S2AFormer._auto_cp_logged:
+            return
+        S2AFormer._auto_cp_logged = True
+        on = device.type == 'cpu'
+        print_log(f"S2AFormer with_cp='auto': training on {device.type}, so gradient "
+                  f'checkpointing is {"on" if on else "off"}'
+                  + (' (same results, about half the activation memory)' if on else '')
+                  + '; with_cp=True/False overrides it.', logger='current')
+
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(
@@ -818,8 +908,11 @@ class S2AFormer(BaseModule):
                 f'{tuple(x.shape)}. Convert the image (e.g. grayscale -> RGB) or set in_channels.')
         if min(x.shape[-2:]) < MIN_INPUT_SIZE:
             raise ValueError(
-                f'Input {tuple(int(s) for s in x.shape[-2:])} is smaller than {MIN_INPUT_SIZE}x{MIN_INPUT_SIZE}, the '
-                f'network\'s total stride; resize or pad the image to at least {MIN_INPUT_SIZE} pixels.')
+                f'Input {tuple(int(s) for s in x.shape[-2:])} is smaller than '
+                f'{MIN_INPUT_SIZE}x{MIN_INPUT_SIZE}, the network\'s total stride; resize or pad '
+                f'the image to at least {MIN_INPUT_SIZE} pixels.')
+        if self.with_cp == 'auto' and self.training and not torch.compiler.is_compiling():
+            self._log_auto_checkpointing(x.device)
         # Channels-last makes the LayerNorm permutes free and speeds up CPU convs.
         x = self.stem(x.contiguous(memory_format=torch.channels_last))
         outs = []

@@ -170,7 +170,8 @@ def gemm_flops(device, rounds=5):
     for n in (1024, 2048, 4096):
         a = torch.randn(n, n, device=device)
         b = torch.randn(n, n, device=device)
-        found[f'matmul {n}^3'] = 2 * n ** 3 / median_time(lambda: a @ b, 2, rounds, device)
+        found[f'matmul {n}^3'] = 2 * n ** 3 / median_time(lambda a=a, b=b: a @ b, 2, rounds,
+                                                          device)
     if device.type == 'cpu' and torch.backends.mkldnn.is_available():
         n = 2048
         x = torch.randn(1, n, 64, 32).contiguous(memory_format=torch.channels_last)
@@ -526,7 +527,8 @@ def print_table(rows, peak):
             a = f"{r['achieved_gflops']:.1f}" if r['achieved_gflops'] else '-'
             f = f"{100 * r['gemm_fraction']:.1f}" if r['gemm_fraction'] else '-'
             fm = f"{100 * r['matmul_fraction']:.0f}" if r['matmul_fraction'] else '-'
-            print(f"{r['model']:22s} {r['form']:20s} {r['batch']:5d} {'x'.join(map(str, r['shape'])):>8s} "
+            shape = 'x'.join(map(str, r['shape']))
+            print(f"{r['model']:22s} {r['form']:20s} {r['batch']:5d} {shape:>8s} "
                   f"{r['threads']:3d} {r['median_ms']:9.1f} {r['images_per_s']:8.1f} {g:>6s} "
                   f"{a:>8s} {f:>6s} {fm:>5s}  {r['note']}")
     dense = [r for r in rows if 'peak_mib' in r]
@@ -534,8 +536,10 @@ def print_table(rows, peak):
         print(f"\n{'model':30s} {'measurement':34s} {'batch':>5s} {'res':>9s} {'thr':>3s} "
               f"{'ms':>9s} {'peak MiB':>9s} {'built MiB':>9s}")
         for r in dense:
-            print(f"{r['model']:30s} {r['form']:34s} {r['batch']:5d} {'x'.join(map(str, r['shape'])):>9s} "
-                  f"{r['threads']:3d} {r['median_ms']:9.1f} {r['peak_mib']:9.0f} {r['model_mib']:9.0f}")
+            shape = 'x'.join(map(str, r['shape']))
+            print(f"{r['model']:30s} {r['form']:34s} {r['batch']:5d} {shape:>9s} "
+                  f"{r['threads']:3d} {r['median_ms']:9.1f} {r['peak_mib']:9.0f} "
+                  f"{r['model_mib']:9.0f}")
 
 
 def parse_args(argv=None):

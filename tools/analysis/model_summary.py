@@ -50,7 +50,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     print(f's2aformer_mm {s2aformer_mm.__version__}, torch {torch.__version__}; registries: '
-          f'{", ".join(s2aformer_mm.REGISTERED)}; missing: {", ".join(s2aformer_mm.MISSING) or "none"}')
+          f'{", ".join(s2aformer_mm.REGISTERED)}; '
+          f'missing: {", ".join(s2aformer_mm.MISSING) or "none"}')
     ok = True
     widths = (8, 10, 9, 8, 9, 8, 9, 9, 8, 9, 42)
     print('\n' + fmt_row(('variant', 'scope', 'params M', 'paper', 'err', 'bb M', 'ref', 'err',
@@ -61,7 +62,8 @@ def main(argv=None):
         ref = REFERENCE[arch]
         for scope in SCOPES:
             with DefaultScope.overwrite_default_scope(scope):
-                bb = registry(scope).build(dict(type='S2AFormer', arch=arch, out_indices=(0, 1, 2, 3)))
+                bb = registry(scope).build(
+                    dict(type='S2AFormer', arch=arch, out_indices=(0, 1, 2, 3)))
             scoped = registry(scope).build(dict(type=f'{scope}.S2AFormer', arch=arch))
             assert type(scoped) is type(bb)
             bb.eval()
@@ -80,12 +82,14 @@ def main(argv=None):
             else:
                 p_ok, cells = True, ('-', '-', '-')
             ok &= bb_ok and p_ok
+            outputs = ' '.join('x'.join(map(str, s)) for s in shapes)
             print(fmt_row((arch, scope, *cells, f'{bb_params:.3f}', f'{ref["backbone"]:.3f}',
-                           bb_err, '', '', ' '.join('x'.join(map(str, s)) for s in shapes)), widths))
+                           bb_err, '', '', outputs), widths))
         print(f'  ({arch}: built 3 registries in {time.time() - t0:.1f}s)', flush=True)
 
     if tuple(args.shape) == (224, 224):
-        print('\nGMACs @224x224 of the classifier (paper convention: attention matmuls not counted, element-wise ops counted)')
+        print('\nGMACs @224x224 of the classifier (paper convention: attention matmuls not '
+              'counted, element-wise ops counted)')
         w = (8, 10, 8, 8, 11, 8, 8)
         print(fmt_row(('variant', 'paper-conv', 'paper', 'err', 'honest', 'ref', 'err'), w))
         for arch, macs in macs_rows:

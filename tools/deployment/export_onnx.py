@@ -120,8 +120,8 @@ def main(argv=None):
     x = torch.randn(args.batch, 3, *args.shape)
     t0 = time.time()
     export_onnx(net, args.out, x, dynamic=not args.static, opset=args.opset)
-    print(f'exported {args.out} (opset {args.opset}, '
-          f'{"static" if args.static else "dynamic batch/height/width"}) in {time.time() - t0:.1f}s')
+    axes = 'static' if args.static else 'dynamic batch/height/width'
+    print(f'exported {args.out} (opset {args.opset}, {axes}) in {time.time() - t0:.1f}s')
     session = onnxruntime_session(args.out)
     checks = [x]
     if not args.static:

@@ -13,7 +13,10 @@ custom_imports = dict(imports=['s2aformer_mm'], allow_failed_imports=False)
 s2aformer_channels = [96, 128, 256, 512]
 # The paper gives no drop-path rate. 0.1 as EdgeNeXt-S for the widest
 # (28-block, 25 M) variant.
-s2aformer_backbone = dict(type='S2AFormer', arch='m', drop_path_rate=0.1)
+# with_cp='auto': gradient checkpointing while training on the CPU, where activations
+# live in RAM (same results, about half the activation memory), not on GPUs.
+s2aformer_backbone = dict(
+    type='S2AFormer', arch='m', drop_path_rate=0.1, with_cp='auto')
 # ImageNet-1k classifier checkpoint (keys 'backbone.*') that dense configs start from;
 # a missing file is an error naming it. Override on the command line with
 #   --cfg-options model.backbone.init_cfg.checkpoint=PATH

@@ -8,7 +8,9 @@ import sys
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from s2aformer_mm.testing import REPO as REPO_ROOT
+
+REPO = str(REPO_ROOT)
 SCRIPT = os.path.join(REPO, 'tools', 'analysis', 'benchmark.py')
 
 

@@ -16,13 +16,14 @@ from mmengine.registry import DefaultScope
 
 import s2aformer_mm
 from s2aformer_mm import S2AFormer
+from s2aformer_mm.testing import REPO
 from s2aformer_mm.complexity import (DENSE_NO_LIM_REFERENCE, DENSE_REFERENCE, PAPER,
                                      REFERENCE, TensorForward, count_macs_mmcv,
                                      count_params, dense_inputs, model_complexity,
                                      rel_err, within_reference)
 from s2aformer_mm.models.s2aformer import HybridPerceptionBlock
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO
 CONFIG_DIR = ROOT / 'configs'
 CONFIGS = sorted(p for p in CONFIG_DIR.rglob('*.py') if '_base_' not in p.parts)
 IDS = [str(p.relative_to(CONFIG_DIR)) for p in CONFIGS]

@@ -46,7 +46,8 @@ def test_arch_case_insensitive_and_custom():
 
 
 def test_bad_arch_names_choices():
-    with pytest.raises(ValueError, match=r"Unknown S2AFormer arch 'huge'.*'m', 'mini', 's', 't', 'xs'"):
+    with pytest.raises(ValueError,
+                       match=r"Unknown S2AFormer arch 'huge'.*'m', 'mini', 's', 't', 'xs'"):
         S2AFormer('huge')
     with pytest.raises(ValueError, match=r"missing keys \['num_heads'\].*unknown keys \['heads'\]"):
         S2AFormer(dict(depths=[1] * 4, channels=[8] * 4, heads=[1] * 4))
@@ -124,6 +125,30 @@ def test_every_parameter_gets_gradient_dense():
     sum(o.mean() for o in out).backward()
     no_grad = [n for n, p in model.named_parameters() if p.grad is None]
     assert not no_grad, no_grad
+
+
+def test_with_cp_auto_checkpoints_on_the_cpu_only(monkeypatch):
+    """with_cp='auto' (the configs' setting) recomputes the blocks in backward for CPU
+    inputs; for inputs elsewhere (a 'meta' tensor stands in for a GPU here) it does not.
+    Other values are refused."""
+    import s2aformer_mm.models.s2aformer as module
+    calls = []
+    real = module.cp.checkpoint
+    monkeypatch.setattr(module.cp, 'checkpoint',
+                        lambda fn, *a, **kw: calls.append(a[0].device.type) or real(fn, *a, **kw))
+    model = S2AFormer(arch='mini', with_cp='auto').train()
+    model(torch.randn(1, 3, 64, 64)).__getitem__(-1).sum().backward()
+    assert calls == ['cpu'] * 8  # every block of mini
+    calls.clear()
+    block = model.stages[0][0]
+    x = torch.randn(1, 32, 16, 16, device='meta', requires_grad=True)
+    block.to('meta')(x)
+    assert calls == []
+    block.with_cp = True
+    block(x)
+    assert calls == ['meta']
+    with pytest.raises(ValueError, match="with_cp must be True, False or 'auto'"):
+        S2AFormer(arch='mini', with_cp='yes')
 
 
 @pytest.mark.parametrize('with_cp', [False, True])

@@ -8,7 +8,6 @@ threads slow small models down by an order of magnitude.
 """
 import importlib.util
 import json
-import os
 import pickle
 import random
 import re
@@ -19,93 +18,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from mmengine.config import Config
 
-from s2aformer_mm.datasets import generate_ade20k, generate_coco, generate_imagenet
-from s2aformer_mm.datasets.synthetic import ADE_BACKGROUNDS, ADE_OBJECTS, COCO_DEMO_IDS
+from s2aformer_mm.testing import (ENV, REPO, assert_one_line_error, dumped_config, loader_opts,
+                                  run, test_metrics, tool)
 
-REPO = Path(__file__).resolve().parents[1]
-ENV = dict(os.environ, OMP_NUM_THREADS='1', MKL_NUM_THREADS='1')
 CLS_CFG = 'configs/mmpretrain/s2aformer_mini_4xb256_in1k.py'
 SEG_CFG = 'configs/mmseg/fpn_s2aformer_mini_ade20k.py'
 RETINA_CFG = 'configs/mmdet/retinanet_s2aformer_mini_fpn_1x_coco.py'
 MASK_CFG = 'configs/mmdet/mask-rcnn_s2aformer_mini_fpn_1x_coco.py'
-LOADERS = ('train_dataloader', 'val_dataloader', 'test_dataloader')
-
-
-def run(cmd, expect_ok=True, timeout=420):
-    proc = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True,
-                          timeout=timeout)
-    out = proc.stdout + proc.stderr
-    if expect_ok:
-        assert proc.returncode == 0, f'{" ".join(map(str, cmd))} failed:\n{out[-6000:]}'
-    return proc.returncode, out
-
-
-def tool(name, *args, **kwargs):
-    return run([sys.executable, f'tools/{name}.py', *map(str, args)], **kwargs)
-
-
-def test_metrics(out):
-    match = re.search(r'\[s2aformer\] test metrics: (\{.*\})', out)
-    assert match, f'no metrics line in the output:\n{out[-3000:]}'
-    return json.loads(match.group(1))
-
-
-test_metrics.__test__ = False  # a helper, not a test
-
-
-def dumped_config(work_dir, config):
-    """The config as the run used it (the Runner writes it into the work dir)."""
-    return Config.fromfile(Path(work_dir) / Path(config).name)
-
-
-def loader_opts(root, batch=2, extra=()):
-    opts = []
-    for loader in LOADERS:
-        opts += [f'{loader}.dataset.data_root={root}', f'{loader}.num_workers=0',
-                 f'{loader}.persistent_workers=False']
-    opts += [f'train_dataloader.batch_size={batch}', 'val_dataloader.batch_size=2',
-             'test_dataloader.batch_size=2', 'default_hooks.logger.interval=1', *extra]
-    return opts
-
-
-@pytest.fixture(scope='module')
-def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp('data')
-    generate_imagenet(str(root / 'imagenet'), num_train=8, num_val=4, size=64)
-    generate_ade20k(str(root / 'ade'), num_train=8, num_val=4, size=64)
-    generate_coco(str(root / 'coco'), num_train=8, num_val=4, size=128)
-    return root
-
-
-# --------------------------------------------------------------------------- data formats
-def test_generated_formats(data):
-    from mmdet.datasets import CocoDataset
-    from mmseg.datasets import ADE20KDataset
-    from pycocotools.coco import COCO
-
-    import cv2
-    labels = np.unique(np.concatenate([
-        np.unique(cv2.imread(str(p), cv2.IMREAD_UNCHANGED))
-        for p in (data / 'ade' / 'annotations' / 'training').glob('*.png')]))
-    assert 0 in labels  # ADE's "other" (ignored with reduce_zero_label)
-    allowed = {0, *ADE_BACKGROUNDS.values(), *(i for _, i in ADE_OBJECTS)}
-    assert set(labels.tolist()) <= allowed
-    ade_classes = ADE20KDataset.METAINFO['classes']
-    for name, idx in [*ADE_BACKGROUNDS.items(), *ADE_OBJECTS]:
-        assert ade_classes[idx - 1] == name
-
-    coco = COCO(str(data / 'coco' / 'annotations' / 'instances_val2017.json'))
-    cats = coco.loadCats(coco.getCatIds())
-    assert [c['name'] for c in cats] == list(CocoDataset.METAINFO['classes'])
-    anns = coco.loadAnns(coco.getAnnIds())
-    assert anns and {a['category_id'] for a in anns} <= set(COCO_DEMO_IDS)
-    mask = coco.annToMask(anns[0])
-    assert abs(mask.sum() - anns[0]['area']) <= 0.1 * anns[0]['area']
-
-    lines = (data / 'imagenet' / 'meta' / 'train.txt').read_text().split()
-    assert (data / 'imagenet' / 'train' / lines[0]).is_file()
 
 
 # --------------------------------------------------------------------------- classification
@@ -188,11 +108,11 @@ def test_semantic_fpn_from_classifier_resume_and_test(data, cls_run, tmp_path):
 
     show = tmp_path / 'show'
     _, out = tool('test', SEG_CFG, tmp_path / 'iter_4.pth', '--work-dir', tmp_path,
-                  '--show-dir', show, '--out', tmp_path / 'preds.pkl', '--cfg-options', *opts)
+                  '--show-dir', show, '--out', tmp_path / 'preds', '--cfg-options', *opts)
     metrics = test_metrics(out)
     assert {'mIoU', 'aAcc', 'mAcc'} <= set(metrics) and 0 <= metrics['mIoU'] <= 100
     assert len(list(show.rglob('*.png'))) == 4
-    assert (tmp_path / 'preds.pkl').stat().st_size > 0
+    assert len(list((tmp_path / 'preds').glob('*.png'))) == 4  # mmseg's --out DIR
 
     # The config the tools wrote into the work dir also runs under mmseg's own
     # tools/test.py: custom_imports=['s2aformer_mm'] registers the tools' hooks too.
@@ -221,9 +141,9 @@ def test_dist_train_two_cpu_processes(data, tmp_path):
     # --no-validate: no val loop, so the val data need not exist.
     opts = seg_opts(data, 2, ['model.backbone.init_cfg=None',
                               f'val_dataloader.dataset.data_root={tmp_path / "absent"}'])
-    ENV['PORT'] = str(random.randint(29600, 29999))
+    env = dict(ENV, PORT=str(random.randint(29600, 29999)))
     _, out = run(['bash', 'tools/dist_train.sh', SEG_CFG, '2', '--work-dir', tmp_path,
-                  '--amp', '--no-validate', '--cfg-options', *opts])
+                  '--amp', '--no-validate', '--cfg-options', *opts], env=env)
     assert 'Iter(val)' not in out and 'Iter(train) [2/2]' in out
     assert 'BF16AutocastOptimWrapper' in out  # --amp: bf16 autocast, fp32 gradients over gloo
     for rank in (0, 1):
@@ -236,9 +156,9 @@ def test_dist_train_two_cpu_processes(data, tmp_path):
     # rank 0 only, which the tools say up front.
     _, out = run(['bash', 'tools/dist_test.sh', SEG_CFG, tmp_path / 'iter_2.pth', '2',
                   '--work-dir', tmp_path / 'test', '--show-dir', tmp_path / 'show',
-                  '--out', tmp_path / 'preds.pkl', '--cfg-options', *opts])
+                  '--out', tmp_path / 'preds', '--cfg-options', *opts], env=env)
     assert 0 <= test_metrics(out)['mIoU'] <= 100
-    assert len(pickle.loads((tmp_path / 'preds.pkl').read_bytes())) == 4  # all ranks' images
+    assert len(list((tmp_path / 'preds').glob('*.png'))) == 4  # all ranks' images
     assert out.count("--show/--show-dir with 2 processes: the libraries' visualizers draw on "
                      'rank 0 only') == 1, out[-3000:]
     assert len(list((tmp_path / 'show').rglob('*.png'))) == 2
@@ -303,11 +223,16 @@ def test_missing_dataset_is_a_clear_error(tmp_path, state):
     assert 'generate_demo_data.py ade20k' in out and 'Traceback' not in out
 
 
-def assert_one_line_error(rc, out, *fragments):
-    """A refusal as the tools print it: non-zero exit, ``[s2aformer] ERROR:``, no traceback."""
-    assert rc != 0 and '[s2aformer] ERROR: ' in out and 'Traceback' not in out, out[-3000:]
-    for fragment in fragments:
-        assert fragment in out, out[-3000:]
+@pytest.mark.parametrize('script', ['dist_train', 'dist_test'])
+def test_refusal_under_torchrun_is_printed_once_and_last(tmp_path, script):
+    """tools/dist_*.sh with 2 processes and no data: the refusal comes once, as the last
+    line, with a non-zero exit, before torchrun starts any process (no ChildFailedError)."""
+    args = [SEG_CFG] + ([tmp_path / 'x.pth'] if script == 'dist_test' else []) + ['2']
+    rc, out = run(['bash', f'tools/{script}.sh', *args, '--work-dir', tmp_path, '--cfg-options',
+                   *loader_opts(tmp_path / 'absent')], expect_ok=False)
+    assert_one_line_error(rc, out, f"Dataset directory '{tmp_path / 'absent'}'")
+    assert out.strip().splitlines()[-1].startswith('[s2aformer] ERROR: '), out[-2000:]
+    assert 'ChildFailedError' not in out and 'torch.distributed' not in out, out[-2000:]
 
 
 @pytest.mark.parametrize('kind', ['not-a-checkpoint', 'truncated', 'deploy'])
@@ -371,22 +296,6 @@ def test_missing_evaluator_annotations_and_resume_file(data, tmp_path):
     assert_one_line_error(rc, out, f"--resume '{missing}': no such checkpoint file",
                           '--resume without a path')
     assert '_evaluator.ann_file' not in out
-
-
-def test_evaluator_list_annotation_file_is_checked(data):
-    from s2aformer_mm.engine import DatasetNotFoundError, check_data_dirs
-    ann = str(data / 'coco' / 'annotations' / 'instances_val2017.json')
-    cfg = Config(dict(
-        default_scope='mmdet',
-        test_dataloader=dict(dataset=dict(data_root=str(data / 'coco'),
-                                          ann_file='annotations/instances_val2017.json')),
-        test_evaluator=[dict(type='CocoMetric', ann_file=ann),
-                        dict(type='CocoMetric', ann_file='missing.json')]))
-    with pytest.raises(DatasetNotFoundError,
-                       match=r"'missing\.json' \(test_evaluator\.1\.ann_file\)"):
-        check_data_dirs(cfg, ['test_dataloader'])
-    cfg.test_evaluator.pop()
-    check_data_dirs(cfg, ['test_dataloader'])
 
 
 def test_demo_script_refuses_foreign_directories(tmp_path):
