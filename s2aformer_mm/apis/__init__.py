@@ -7,6 +7,7 @@ Layering: :mod:`s2aformer_mm.apis` imports :mod:`s2aformer_mm.models`,
 package imports it. The deploy-form folds themselves (``switch_to_deploy``, ...) are
 part of the model: :mod:`s2aformer_mm.models.reparam`.
 """
+from .configs import config_path, configs_dir
 from .export import ONNX_OPSET, ClassifierLogits, export_onnx, onnxruntime_session
 from .inference import (IMAGE_EXTENSIONS, build_inferencer, collect_images, infer_images,
                         load_inference_model, prebuilt_model_inferencer)
@@ -17,4 +18,4 @@ __all__ = ['build_model_from_config', 'load_deploy_model', 'save_initial_checkpo
            'ONNX_OPSET', 'ClassifierLogits', 'export_onnx', 'onnxruntime_session',
            'IMAGE_EXTENSIONS', 'collect_images', 'load_inference_model',
            'prebuilt_model_inferencer', 'build_inferencer', 'infer_images',
-           'model_index_path', 'register_model_index']
+           'model_index_path', 'register_model_index', 'configs_dir', 'config_path']
