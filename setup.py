@@ -66,11 +66,20 @@ setup(
     packages=find_packages(include=['s2aformer_mm', 's2aformer_mm.*']),
     cmdclass={'build_py': BuildPyWithMim},  # configs etc. under s2aformer_mm/.mim/
     python_requires='>=3.10',
-    # the torch bound is s2aformer_mm.compat.TORCH_MIN (tests/test_compat.py checks they agree)
-    install_requires=['mmengine>=0.10.4,<1.0', 'torch>=2.12'],
+    # the torch bound is s2aformer_mm.compat.TORCH_MIN (tests/test_compat.py checks they agree).
+    # No mmengine requirement: the upstream line installs it as 'mmengine', the maintained line
+    # as 'onedl-mmengine' (same import name), and pip cannot express "either" -- a requirement
+    # on one would pull it into an environment of the other line and mix them. Importing
+    # s2aformer_mm checks the line and its versions (s2aformer_mm.compat.LINES).
+    install_requires=['torch>=2.12'],
     extras_require={
-        'all': ['mmcv==2.1.0', 'mmpretrain==1.2.0', 'mmsegmentation==1.2.2', 'mmdet==3.3.0',
-                'ftfy', 'regex', 'pycocotools>=2.0.8'],
+        # the upstream OpenMMLab line (tools/setup_env.sh, the default)
+        'all': ['mmengine==0.10.7', 'mmcv==2.1.0', 'mmpretrain==1.2.0', 'mmsegmentation==1.2.2',
+                'mmdet==3.3.0', 'ftfy', 'regex', 'pycocotools>=2.0.8'],
+        # the maintained line (S2A_STACK=onedl bash tools/setup_env.sh); never next to 'all'
+        'onedl': ['onedl-mmengine==0.10.12', 'onedl-mmcv==2.3.6', 'onedl-mmpretrain==1.3.6',
+                  'onedl-mmsegmentation==1.4.2', 'onedl-mmdetection==3.5.1', 'ftfy', 'regex',
+                  'pycocotools>=2.0.8'],
         # tools/deployment (ONNX export and ONNX Runtime); timm only for the benchmark's peers
         'deploy': ['onnx>=1.16', 'onnxruntime>=1.18', 'onnxscript'],
         'benchmark': ['timm'],

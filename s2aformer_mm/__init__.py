@@ -1,15 +1,16 @@
 """S2AFormer for OpenMMLab: one backbone, registered in mmpretrain, mmseg and mmdet.
 
-Importing the package (configs do it through ``custom_imports``) checks torch and mmcv,
+Importing the package (configs do it through ``custom_imports``) checks torch and the
+OpenMMLab line (upstream or onedl: :mod:`s2aformer_mm.compat`) with its mmengine and mmcv,
 allowlists the globals Runner checkpoints need under ``weights_only=True``, registers
 the models in every installed OpenMMLab library and the tools' runner parts (hooks,
 wrappers, metrics: :mod:`s2aformer_mm.engine`), so that a config the tools wrote into a
 work dir also runs under the libraries' own tools.
 """
-from .compat import check_mmcv, check_torch
+from .compat import check_stack, check_torch
 
 check_torch()
-check_mmcv()
+check_stack()
 
 from .checkpoint import register_safe_globals, route_mmengine_local_loads  # noqa: E402
 from .integrations import MISSING, REGISTERED, register_all, require  # noqa: E402

@@ -123,7 +123,15 @@ def register_safe_globals() -> None:
 def route_mmengine_local_loads() -> None:
     """Send mmengine's local checkpoint loading (``load_from``, ``resume``,
     ``Runner.load_checkpoint``, ``PretrainedInit``) through :func:`safe_load`, so
-    those paths get the same allowlist and clear errors (idempotent)."""
+    those paths get the same allowlist and clear errors (idempotent).
+
+    On both OpenMMLab lines. onedl-mmengine 0.10.12 has its own weights-only loading
+    (``_safe_torch_load``), but it is not used: a file its allowlist refuses is loaded
+    again with ``weights_only=False`` after a warning, which runs a code-executing
+    pickle, and its allowlist holds the unrestricted ``builtins.getattr``. Its other
+    schemes (``pavi://``, ``s3://``, a local ``open-mmlab://`` file) keep that fallback;
+    ``http(s)://`` loads use ``torch.load``'s default ``weights_only=True`` on both lines.
+    """
     from mmengine.runner.checkpoint import CheckpointLoader
     CheckpointLoader.register_scheme(
         prefixes='', force=True,

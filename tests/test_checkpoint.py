@@ -181,6 +181,24 @@ def test_malicious_pickle_is_refused_and_does_not_run(tmp_path, payload, zipped)
     assert not target.exists()
 
 
+@pytest.mark.parametrize('payload', [_Evil, _EvilGetattr, _EvilEval])
+def test_mmengine_own_loaders_refuse_malicious_pickle(tmp_path, payload):
+    """mmengine's entry points for local files go through safe_load on either OpenMMLab
+    line. (onedl-mmengine 0.10.12's own loader retries a refused file with
+    weights_only=False, i.e. it would run this payload; its allowlist also holds the
+    unrestricted builtins.getattr.)"""
+    from mmengine.runner.checkpoint import CheckpointLoader, _load_checkpoint, load_checkpoint
+    target = tmp_path / 'pwned'
+    evil = tmp_path / 'evil.pth'
+    torch.save({'state_dict': {}, 'x': payload(target)}, evil)
+    for load in (lambda: _load_checkpoint(str(evil)),
+                 lambda: CheckpointLoader.load_checkpoint(str(evil), map_location='cpu'),
+                 lambda: load_checkpoint(torch.nn.Linear(1, 1), str(evil))):
+        with pytest.raises(UnsafeCheckpointError, match='evil.pth'):
+            load()
+    assert not target.exists()
+
+
 def test_truncated_checkpoint_names_file(runner_ckpt, tmp_path):
     data = runner_ckpt[0].read_bytes()
     bad = tmp_path / 'truncated.pth'

@@ -13,7 +13,9 @@ random numbers are a function of the iteration alone. numpy and ``random`` are
 not reseeded per iteration: the data pipelines draw from them, in data-loader
 workers or, with ``num_workers=0``, in this process, where mmengine's resume of an
 iteration-based run replays the skipped batches from the initial seed -- reseeding
-them per iteration would break that replay.
+them per iteration would break that replay. (The maintained line, onedl-mmengine
+0.10.12, positions the sampler instead of replaying; the hook then replays the
+batches itself: :func:`replay_skipped_batches`.)
 
 Epoch-based runs (classification, detection) resume at an epoch boundary without a
 replay, and their augmentation had two faults under mmengine's default
@@ -38,9 +40,12 @@ every launcher that reads them resumes bit for bit.
 import os
 import random
 
+import logging
+
 import numpy as np
 import torch
 from mmengine.hooks import Hook
+from mmengine.logging import print_log
 from mmengine.registry import FUNCTIONS, HOOKS
 from mmengine.runner import EpochBasedTrainLoop
 
@@ -78,9 +83,42 @@ class IterationSeedHook(Hook):
         # Before the epoch's loader iterator exists: its workers' seeds derive from this.
         if isinstance(runner.train_loop, EpochBasedTrainLoop):
             _seed_all(epoch_seed(runner.seed, runner.epoch))
+        elif runner.iter > 0:   # a resumed iteration-based run, before it skips the batches
+            replay_skipped_batches(runner.train_loop, runner.iter)
 
     def before_train_iter(self, runner, batch_idx: int, data_batch=None) -> None:
         torch.manual_seed(iteration_seed(runner.seed, runner.iter))  # every device
+
+
+def replay_skipped_batches(loop, iters: int) -> None:
+    """Draw the ``iters`` batches a resumed iteration-based run skips through the data
+    pipeline, where the mmengine in use would not.
+
+    mmengine 0.10.7 skips them by drawing them (``next`` on the loader), so the pipeline's
+    numpy / ``random`` draws of the resumed run continue where the uninterrupted run's
+    were. onedl-mmengine 0.10.12 (``IterBasedTrainLoop.fast_forward_on_resume=False``, its
+    default) instead positions a sampler that has ``skip`` (``InfiniteSampler``, which every
+    iteration-based config here uses) without loading anything, so the resumed run drew
+    other crops and flips from then on. With ``num_workers=0`` (the pipeline runs in this
+    process) the batches are drawn here, before the loop positions the sampler
+    (``skip`` counts from the start of the stream, so the draws here do not move it). With
+    loader workers the resumed workers start their streams afresh on that line: not
+    reproduced bit for bit (warned). A no-op on mmengine 0.10.7 (no ``skip_iter``).
+    """
+    iterator = getattr(loop, 'dataloader_iterator', None)
+    if not hasattr(iterator, 'skip_iter') or getattr(loop, 'fast_forward_on_resume', False):
+        return
+    loader = loop.dataloader
+    sampler = getattr(loader, 'sampler', None)
+    if loader.num_workers or not hasattr(sampler, 'skip'):
+        print_log('resume: this mmengine skips the trained batches without drawing them '
+                  f'through the data pipeline ({type(sampler).__name__}, num_workers='
+                  f'{loader.num_workers}), so the resumed run\'s augmentation will not repeat '
+                  'the uninterrupted run\'s bit for bit', logger='current', level=logging.WARNING)
+        return
+    batches = iter(loader)
+    for _ in range(iters):
+        next(batches)
 
 
 @FUNCTIONS.register_module()

@@ -10,14 +10,17 @@ an installed library propagates unchanged.
 import importlib
 import importlib.util
 
-from ..compat import check_openmmlab
+from ..compat import check_openmmlab, installed_line, pin, setup_command
 
-#: library import name -> the pip requirement this project is tested with
-SUPPORTED = {
-    'mmpretrain': 'mmpretrain==1.2.0',
-    'mmseg': 'mmsegmentation==1.2.2 ftfy regex',
-    'mmdet': 'mmdet==3.3.0',
-}
+#: extra requirements of a library, on both lines (mmseg imports them without requiring them)
+_EXTRAS = {'mmseg': ' ftfy regex'}
+#: OpenMMLab line -> library import name -> the pip requirement this project is tested with
+#: (the versions are in s2aformer_mm.compat.LINES)
+PINS = {line: {lib: pin(line, lib) + _EXTRAS.get(lib, '')
+               for lib in ('mmpretrain', 'mmseg', 'mmdet')}
+        for line in ('upstream', 'onedl')}
+#: the installed line's pins (keys: the supported scopes)
+SUPPORTED = PINS[installed_line()]
 REGISTERED = []
 MISSING = []
 
@@ -43,4 +46,5 @@ def require(lib: str) -> None:
     if lib in MISSING:
         raise ImportError(
             f'{lib} is not installed, so S2AFormer is not registered in its MODELS registry. '
-            f'Install it with: pip install {SUPPORTED[lib]}  (or run bash tools/setup_env.sh).')
+            f'Install it with: pip install {SUPPORTED[lib]}  '
+            f'(or run {setup_command(installed_line())}).')

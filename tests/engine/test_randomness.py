@@ -60,3 +60,39 @@ def test_epoch_based_loaders_draw_new_augmentations_every_epoch():
     assert resumed[0] == draws[1]
 
 
+
+
+def test_resumed_iteration_based_run_draws_the_skipped_batches_through_the_pipeline():
+    """onedl-mmengine positions an InfiniteSampler on resume (``skip``) instead of drawing
+    the trained batches; the hook draws them (num_workers=0), so the batch after the resume
+    point gets the augmentation of the uninterrupted run. A no-op on mmengine 0.10.7, which
+    draws them itself."""
+    from types import SimpleNamespace
+
+    import pytest
+    from mmengine.dataset import InfiniteSampler, pseudo_collate
+
+    from s2aformer_mm.engine.randomness import replay_skipped_batches
+
+    if not hasattr(InfiniteSampler, 'skip'):
+        assert replay_skipped_batches(SimpleNamespace(dataloader_iterator=iter([])), 3) is None
+        pytest.skip('this mmengine (upstream line) replays the skipped batches itself')
+
+    def run(resume_at):
+        np.random.seed(0)
+        random.seed(0)
+        loader = torch.utils.data.DataLoader(_RandomDraws(), batch_size=3, num_workers=0,
+                                             sampler=InfiniteSampler(_RandomDraws(), seed=1),
+                                             collate_fn=pseudo_collate)
+        loop = SimpleNamespace(dataloader=loader, fast_forward_on_resume=False,
+                               dataloader_iterator=SimpleNamespace(skip_iter=None))
+        if resume_at:
+            replay_skipped_batches(loop, resume_at)
+            loader.sampler.skip(resume_at * 3)   # what the loop does next
+        batches = iter(loader)
+        # indices, numpy and random draws (torch is reseeded every iteration by the hook)
+        return [list(next(batches))[:3] for _ in range(resume_at, 5)]
+
+    uninterrupted = run(0)
+    for resume_at in (1, 3):
+        assert run(resume_at) == uninterrupted[resume_at:]
