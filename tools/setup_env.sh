@@ -29,7 +29,7 @@ CACHE="${S2A_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/s2aformer-mm}"
 TORCH_SPEC="${TORCH_SPEC:-torch==2.14.1}"
 TORCHVISION_SPEC="${TORCHVISION_SPEC:-torchvision==0.29.1}"
 S2A_STACK="${S2A_STACK:-upstream}"
-MMCV_DIST=mmcv MMCV_VERSION="2.1.0"
+MMCV_DIST=mmcv MMCV_VERSION="2.1.0" MMCV_BUILD_NEEDS="'setuptools>=70.1,<80' (bdist_wheel and pkg_resources)"
 # setuptools: < 80 because mmcv's setup.py imports pkg_resources; >= 70.1 because older ones
 # (a venv's own 65.x) have no 'bdist_wheel' without the 'wheel' package, and only torch
 # 2.14's dependencies happened to upgrade it.
@@ -48,7 +48,7 @@ case "$S2A_STACK" in
     # The maintained line replaces the four libraries (and mmcv) in STACK; the helpers stay.
     # setuptools >= 80: onedl-mmcv 2.3.6 declares it as its build requirement, and nothing on
     # this line imports pkg_resources (the reason for < 80 upstream).
-    MMCV_DIST=onedl-mmcv MMCV_VERSION="2.3.6"
+    MMCV_DIST=onedl-mmcv MMCV_VERSION="2.3.6" MMCV_BUILD_NEEDS="'setuptools>=80' (its declared build requirement)"
     helpers=()
     for s in "${STACK[@]}"; do
       case "$s" in mmengine==*|mmpretrain==*|mmsegmentation==*|mmdet==*|setuptools*) ;; *) helpers+=("$s") ;; esac
@@ -151,7 +151,7 @@ if ! mmcv_ok; then
     # --no-cache-dir: pip's own cache is keyed by sdist, not torch version (ABI mismatch risk).
     CXX="$shim/cxx" MMCV_WITH_OPS=1 MAX_JOBS="${MAX_JOBS:-$(nproc)}" "$VENV/bin/python" -m pip --disable-pip-version-check \
       wheel -q --no-deps --no-build-isolation --no-cache-dir -w "$WHEELDIR" "$MMCV_DIST==$MMCV_VERSION" \
-      || die "building $MMCV_DIST failed (see compiler output above). Needs g++, Python headers and $(printf '%s\n' "${STACK[@]}" | grep '^setuptools') (bdist_wheel$([ "$S2A_STACK" = upstream ] && echo ' and pkg_resources'))."
+      || die "building $MMCV_DIST failed (see compiler output above). Needs g++, Python headers and $MMCV_BUILD_NEEDS."
     whl=$(ls "$WHEELDIR"/"${MMCV_DIST//-/_}"-*.whl | head -1)
   else
     step "installing cached mmcv wheel $(basename "$whl")"
