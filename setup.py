@@ -65,7 +65,13 @@ setup(
     license_files=['LICENSE'],
     packages=find_packages(include=['s2aformer_mm', 's2aformer_mm.*']),
     cmdclass={'build_py': BuildPyWithMim},  # configs etc. under s2aformer_mm/.mim/
+    # 3.10 - 3.13 (upstream OpenMMLab line: 3.10 - 3.12, mmcv 2.1.0 does not build on 3.13;
+    # tools/setup_env.sh says so). No upper bound: torch 2.14.1 has 3.14 wheels, untested.
     python_requires='>=3.10',
+    classifiers=['Programming Language :: Python :: 3.10',
+                 'Programming Language :: Python :: 3.11',
+                 'Programming Language :: Python :: 3.12',
+                 'Programming Language :: Python :: 3.13'],
     # the torch bound is s2aformer_mm.compat.TORCH_MIN (tests/test_compat.py checks they agree).
     # No mmengine requirement: the upstream line installs it as 'mmengine', the maintained line
     # as 'onedl-mmengine' (same import name), and pip cannot express "either" -- a requirement

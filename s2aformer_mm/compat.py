@@ -118,7 +118,7 @@ def installed_line() -> str:
 
     Raises ImportError, naming the fix, if an import name has two distributions or the
     libraries come from both lines (e.g. upstream mmdet with onedl-mmcv)."""
-    dists = {}  # line -> ['mmdet 3.3.0', ...]
+    dists = {}  # line -> [(import name, 'mmdet 3.3.0'), ...]
     for lib in LINES['upstream']:
         found = _installed(lib)
         if len(found) > 1:

@@ -20,12 +20,19 @@ from mmengine.config import Config
 from mmengine.registry import DefaultScope
 
 from .checkpoint import safe_load
+from .compat import installed_line
 from .models import S2AFormer
 
 #: the checkout this package is imported from (tools/, configs/)
 REPO = Path(__file__).resolve().parents[1]
-#: one thread per process: tests and soak runs share 2 cores
-ENV = dict(os.environ, OMP_NUM_THREADS='1', MKL_NUM_THREADS='1', PYTHONUNBUFFERED='1')
+#: one thread per process: tests and soak runs share 2 cores. The scripts the tests launch
+#: use this interpreter's environment, not the venv at .venv, which may hold the other
+#: OpenMMLab line: S2A_PYTHON for tools/dist_*.sh and slurm_*.sh, and in a venv S2A_VENV
+#: and S2A_STACK for the set-up that run_demo.sh / run_tests.sh check first.
+ENV = dict(os.environ, OMP_NUM_THREADS='1', MKL_NUM_THREADS='1', PYTHONUNBUFFERED='1',
+           S2A_PYTHON=sys.executable)
+if sys.prefix != sys.base_prefix:
+    ENV.update(S2A_VENV=sys.prefix, S2A_STACK=installed_line())
 LOADERS = ('train_dataloader', 'val_dataloader', 'test_dataloader')
 #: skips a test where the optional ONNX packages are missing
 needs_onnx = pytest.mark.skipif(

@@ -236,7 +236,7 @@ def _fake_venv(tmp_path):
 
 def test_setup_refuses_to_switch_lines_in_an_existing_venv(tmp_path):
     venv = _fake_venv(tmp_path)
-    env = dict(ENV, S2A_STACK=OTHER, S2A_VENV=str(venv), S2A_PYTHON=sys.executable)
+    env = dict(ENV, S2A_STACK=OTHER, S2A_VENV=str(venv))
     proc = subprocess.run(['bash', 'tools/setup_env.sh'], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=60)
     assert proc.returncode == 1, proc.stderr
@@ -252,3 +252,39 @@ def test_setup_refuses_an_unknown_stack(tmp_path):
                           text=True, timeout=60)
     assert proc.returncode == 1 and 'S2A_STACK=openmmlab is not a stack' in proc.stderr
     assert not (tmp_path / 'venv').exists()
+
+
+@pytest.mark.parametrize('stack, python, reason', [
+    ('upstream', '3.13', "mmcv 2.1.0's setup.py reads its version through exec() into locals()"),
+    ('onedl', '3.14', 'the onedl line is tested on Python 3.10 - 3.13'),
+    ('upstream', '3.9', 'PyPI has no torch >= 2.12 for it'),
+])
+def test_setup_refuses_an_untested_python_for_the_line_with_the_reason(tmp_path, stack, python,
+                                                                       reason):
+    fake = tmp_path / f'python{python}'
+    fake.write_text(f'#!/bin/sh\necho {python}\n')
+    fake.chmod(0o755)
+    env = dict(ENV, S2A_STACK=stack, S2A_PYTHON=str(fake), S2A_VENV=str(tmp_path / 'venv'))
+    proc = subprocess.run(['bash', 'tools/setup_env.sh'], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 1 and reason in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1   # one line
+    assert not (tmp_path / 'venv').exists()
+
+
+def test_setup_takes_the_python_version_from_an_existing_venv(tmp_path):
+    """An existing venv's interpreter decides (it keys the mmcv wheel cache), not S2A_PYTHON."""
+    bin_dir = tmp_path / 'venv' / 'bin'
+    bin_dir.mkdir(parents=True)
+    (bin_dir / 'python').write_text(  # an empty Python 3.13 venv that refuses to install
+        '#!/bin/sh\ncase "$1" in -c) echo 3.13 ;; -) cat >/dev/null; echo none ;; '
+        '*) exit 3 ;; esac\n')
+    boot = tmp_path / 'python3.12'
+    boot.write_text('#!/bin/sh\necho 3.12\n')
+    for exe in (bin_dir / 'python', boot):
+        exe.chmod(0o755)
+    env = dict(ENV, S2A_STACK='upstream', S2A_PYTHON=str(boot), S2A_VENV=str(tmp_path / 'venv'))
+    proc = subprocess.run(['bash', 'tools/setup_env.sh'], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 1 and 'Python 3.13 is not supported on the upstream line' in \
+        proc.stderr, proc.stderr

@@ -59,13 +59,39 @@ case "$S2A_STACK" in
   *) die "S2A_STACK=$S2A_STACK is not a stack: use S2A_STACK=upstream (default: mmcv 2.1.0, mmdet 3.3.0, ...) or S2A_STACK=onedl (the maintained onedl-mm* line)." ;;
 esac
 
+# ---------------------------------------------------------------- existing venv
+# One line per venv: both lines install the same import names (mmcv, mmengine, ...), so a second
+# line's packages would overwrite the first's files and leave two distributions behind.
+if [ -x "$VENV/bin/python" ]; then
+  venv_line=$("$VENV/bin/python" - <<'PY'
+from importlib.metadata import distributions
+names = {(d.metadata['Name'] or '').lower().replace('_', '-') for d in distributions()}
+up = sorted(names & {'mmengine', 'mmcv', 'mmcv-lite', 'mmpretrain', 'mmsegmentation', 'mmdet'})
+od = sorted(n for n in names if n.startswith('onedl-mm'))
+print(('mixed' if up and od else 'upstream' if up else 'onedl' if od else 'none') + ' ' + ' '.join(up + od))
+PY
+  ) || die "the venv's python ($VENV/bin/python) does not run. Remove the venv (rm -rf $VENV) and rerun."
+  case "${venv_line%% *}" in
+    none|"$S2A_STACK") ;;
+    mixed) die "venv $VENV mixes the upstream and the onedl line (${venv_line#* }), which share import names. Remove it (rm -rf $VENV) and rerun with S2A_STACK=upstream or S2A_STACK=onedl." ;;
+    *) die "venv $VENV holds the ${venv_line%% *} line (${venv_line#* }), but S2A_STACK=$S2A_STACK asks for the $S2A_STACK line; the two share import names and must not be mixed in one venv. Switch with a new venv (S2A_VENV=/path/to/new-venv) or remove this one (rm -rf $VENV), or keep it with S2A_STACK=${venv_line%% *}." ;;
+  esac
+fi
+
 # ---------------------------------------------------------------- preconditions
-command -v "$PY_BOOT" >/dev/null || die "no '$PY_BOOT' on PATH. Install Python 3.10 - 3.13 or set S2A_PYTHON=/path/to/python3."
-pyver=$("$PY_BOOT" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+# Python: upstream line 3.10 - 3.12, onedl line 3.10 - 3.13 (README, "Supported versions").
+case "$S2A_STACK" in upstream) py_ok="3.10 - 3.12" ;; *) py_ok="3.10 - 3.13" ;; esac
+# An existing venv's own interpreter counts, not S2A_PYTHON (it also keys the mmcv wheel cache).
+if [ -x "$VENV/bin/python" ]; then PY_VER_OF="$VENV/bin/python"; else
+  command -v "$PY_BOOT" >/dev/null || die "no '$PY_BOOT' on PATH. Install Python $py_ok or set S2A_PYTHON=/path/to/python3."
+  PY_VER_OF="$PY_BOOT"
+fi
+pyver=$("$PY_VER_OF" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
 case "$S2A_STACK:$pyver" in
-  *:3.10|*:3.11|*:3.12|*:3.13) ;;
-  *:3.9) die "Python 3.9 is not supported: PyPI has no torch >= 2.12 for it (its last torch is 2.8). Set S2A_PYTHON to a 3.10 - 3.13 interpreter." ;;
-  *) die "Python $pyver is not supported (S2A_STACK=$S2A_STACK is tested on 3.10 - 3.13). Set S2A_PYTHON to a 3.10 - 3.13 interpreter." ;;
+  *:3.10|*:3.11|*:3.12|onedl:3.13) ;;
+  *:3.9) die "Python 3.9 is not supported: PyPI has no torch >= 2.12 for it (its last torch is 2.8). Set S2A_PYTHON to a $py_ok interpreter." ;;
+  upstream:3.13) die "Python 3.13 is not supported on the upstream line: mmcv 2.1.0's setup.py reads its version through exec() into locals(), which Python 3.13 no longer updates (PEP 667), so its build stops with KeyError: '__version__'. Set S2A_PYTHON to a 3.10 - 3.12 interpreter, or use the maintained line (S2A_STACK=onedl), which runs on 3.13." ;;
+  *) die "Python $pyver is not supported: the $S2A_STACK line is tested on Python $py_ok. Set S2A_PYTHON to such an interpreter." ;;
 esac
 command -v g++ >/dev/null || die "no C++ compiler (g++): mmcv's ops are compiled from source. Install one, e.g. 'apt-get install -y build-essential'."
 
@@ -74,22 +100,6 @@ if [ ! -x "$VENV/bin/python" ]; then
   step "creating virtual env $VENV (Python $pyver)"
   "$PY_BOOT" -m venv "$VENV" || die "could not create a venv (Debian: apt-get install python3-venv)."
 fi
-
-# One line per venv: both lines install the same import names (mmcv, mmengine, ...), so a second
-# line's packages would overwrite the first's files and leave two distributions behind.
-venv_line=$("$VENV/bin/python" - <<'PY'
-from importlib.metadata import distributions
-names = {(d.metadata['Name'] or '').lower().replace('_', '-') for d in distributions()}
-up = sorted(names & {'mmengine', 'mmcv', 'mmcv-lite', 'mmpretrain', 'mmsegmentation', 'mmdet'})
-od = sorted(n for n in names if n.startswith('onedl-mm'))
-print(('mixed' if up and od else 'upstream' if up else 'onedl' if od else 'none') + ' ' + ' '.join(up + od))
-PY
-) || die "the venv's python ($VENV/bin/python) does not run. Remove the venv (rm -rf $VENV) and rerun."
-case "${venv_line%% *}" in
-  none|"$S2A_STACK") ;;
-  mixed) die "venv $VENV mixes the upstream and the onedl line (${venv_line#* }), which share import names. Remove it (rm -rf $VENV) and rerun with S2A_STACK=upstream or S2A_STACK=onedl." ;;
-  *) die "venv $VENV holds the ${venv_line%% *} line (${venv_line#* }), but S2A_STACK=$S2A_STACK asks for the $S2A_STACK line; the two share import names and must not be mixed in one venv. Switch with a new venv (S2A_VENV=/path/to/new-venv) or remove this one (rm -rf $VENV), or keep it with S2A_STACK=${venv_line%% *}." ;;
-esac
 
 have() { "$VENV/bin/python" - "$@" <<'PY' 2>/dev/null
 import sys
