@@ -15,7 +15,7 @@ workers or, with ``num_workers=0``, in this process, where mmengine's resume of 
 iteration-based run replays the skipped batches from the initial seed -- reseeding
 them per iteration would break that replay. (The maintained line, onedl-mmengine
 0.10.12, positions the sampler instead of replaying; the hook then replays the
-batches itself: :func:`replay_skipped_batches`.)
+batches as mmengine 0.10.7 does: :func:`replay_skipped_batches`.)
 
 Epoch-based runs (classification, detection) resume at an epoch boundary without a
 replay, and their augmentation had two faults under mmengine's default
@@ -39,8 +39,6 @@ every launcher that reads them resumes bit for bit.
 """
 import os
 import random
-
-import logging
 
 import numpy as np
 import torch
@@ -92,33 +90,29 @@ class IterationSeedHook(Hook):
 
 def replay_skipped_batches(loop, iters: int) -> None:
     """Draw the ``iters`` batches a resumed iteration-based run skips through the data
-    pipeline, where the mmengine in use would not.
+    pipeline (and its workers), where the mmengine in use would not.
 
-    mmengine 0.10.7 skips them by drawing them (``next`` on the loader), so the pipeline's
-    numpy / ``random`` draws of the resumed run continue where the uninterrupted run's
-    were. onedl-mmengine 0.10.12 (``IterBasedTrainLoop.fast_forward_on_resume=False``, its
-    default) instead positions a sampler that has ``skip`` (``InfiniteSampler``, which every
-    iteration-based config here uses) without loading anything, so the resumed run drew
-    other crops and flips from then on. With ``num_workers=0`` (the pipeline runs in this
-    process) the batches are drawn here, before the loop positions the sampler
-    (``skip`` counts from the start of the stream, so the draws here do not move it). With
-    loader workers the resumed workers start their streams afresh on that line: not
-    reproduced bit for bit (warned). A no-op on mmengine 0.10.7 (no ``skip_iter``).
+    mmengine 0.10.7 skips them by drawing them (``next`` on the loop's iterator), so the
+    pipeline's numpy / ``random`` streams -- in this process or in each loader worker --
+    continue where the uninterrupted run's were. onedl-mmengine 0.10.12 by default
+    (``IterBasedTrainLoop.fast_forward_on_resume=False``) instead positions a sampler that has
+    ``skip`` without loading anything and starts the workers afresh, so the resumed run drew
+    other crops and flips. On that line this draws the batches through the loop's iterator
+    and turns the loop's own skip off (``fast_forward_on_resume=True``, whose warning then
+    refers to the skip it no longer does). Loading the skipped batches costs what it costs on
+    mmengine 0.10.7. A no-op on mmengine 0.10.7 (its iterator has no ``skip_iter``) and
+    where a config sets ``fast_forward_on_resume=True`` (the user chose speed over an exact
+    resume).
     """
     iterator = getattr(loop, 'dataloader_iterator', None)
-    if not hasattr(iterator, 'skip_iter') or getattr(loop, 'fast_forward_on_resume', False):
+    if not hasattr(iterator, 'skip_iter') or getattr(loop, 'fast_forward_on_resume', True):
         return
-    loader = loop.dataloader
-    sampler = getattr(loader, 'sampler', None)
-    if loader.num_workers or not hasattr(sampler, 'skip'):
-        print_log('resume: this mmengine skips the trained batches without drawing them '
-                  f'through the data pipeline ({type(sampler).__name__}, num_workers='
-                  f'{loader.num_workers}), so the resumed run\'s augmentation will not repeat '
-                  'the uninterrupted run\'s bit for bit', logger='current', level=logging.WARNING)
-        return
-    batches = iter(loader)
+    print_log(f'resume: drawing the {iters} trained batches through the data pipeline, as '
+              'mmengine 0.10.7 does, so that augmentation continues as in the uninterrupted '
+              'run; the loop\'s sampler-level skip is turned off for this', logger='current')
+    loop.fast_forward_on_resume = True
     for _ in range(iters):
-        next(batches)
+        next(iterator)
 
 
 @FUNCTIONS.register_module()
