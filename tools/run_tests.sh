@@ -4,7 +4,7 @@
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 bash "$REPO/tools/setup_env.sh"
-VENV="${S2A_VENV:-$REPO/.venv}"
+VENV="$(realpath -m "${S2A_VENV:-$REPO/.venv}")"   # absolute: the steps below change directory
 cd "$REPO"
 echo "[tests] ruff check (ruff.toml)"
 "$VENV/bin/ruff" check .

@@ -23,7 +23,7 @@
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-VENV="${S2A_VENV:-$REPO/.venv}"
+VENV="$(realpath -m "${S2A_VENV:-$REPO/.venv}")"   # absolute: the steps below change directory
 PY_BOOT="${S2A_PYTHON:-python3}"
 CACHE="${S2A_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/s2aformer-mm}"
 TORCH_SPEC="${TORCH_SPEC:-torch==2.14.1}"

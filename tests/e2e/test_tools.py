@@ -8,6 +8,7 @@ threads slow small models down by an order of magnitude.
 """
 import importlib.util
 import json
+import os
 import pickle
 import random
 import re
@@ -319,6 +320,20 @@ def test_demo_script_refuses_foreign_directories(tmp_path):
         proc.stderr, proc.stderr
     assert (foreign / 'mine.txt').read_text() == 'keep'
     assert sorted(p.name for p in foreign.iterdir()) == ['mine.txt']
+
+
+@pytest.mark.skipif(sys.prefix == sys.base_prefix, reason='needs a venv made by the set-up')
+def test_setup_takes_a_relative_venv_path_from_the_callers_directory():
+    """S2A_VENV=.venv-onedl, as the README writes it: a rerun finds everything in place (it
+    reinstalled this package when the path was taken relative to another directory)."""
+    cwd = REPO.parent
+    env = dict(ENV, S2A_VENV=os.path.relpath(sys.prefix, cwd))
+    proc = subprocess.run(['bash', str(REPO / 'tools/setup_env.sh')], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    steps = [line for line in proc.stdout.splitlines() if line.startswith('[setup')]
+    assert len(steps) == 1 and 'environment ready' in steps[0], proc.stdout
+    assert f'venv {sys.prefix}' in steps[0]
 
 
 def test_demo_data_small_size_is_a_usage_error(tmp_path):
