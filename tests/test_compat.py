@@ -222,23 +222,32 @@ def test_setup_script_pins_the_versions_the_import_check_accepts():
                     (line, dist)
 
 
+def _setup(**env):
+    """Run tools/setup_env.sh with ``env`` on top of the tests' environment."""
+    return subprocess.run(['bash', 'tools/setup_env.sh'], cwd=REPO, env=dict(ENV, **env),
+                          capture_output=True, text=True, timeout=60)
+
+
+def _script(path, body):
+    """An executable shell script at ``path`` (a fake interpreter)."""
+    path.write_text('#!/bin/sh\n' + body)
+    path.chmod(0o755)
+    return path
+
+
 def _fake_venv(tmp_path):
     """A venv whose python is this interpreter (so it holds this venv's line) and refuses
     ``-m pip``: the set-up must stop before installing anything."""
     bin_dir = tmp_path / 'venv' / 'bin'
     bin_dir.mkdir(parents=True)
-    python = bin_dir / 'python'
-    python.write_text(f'#!/bin/sh\n[ "$1" = -m ] && {{ echo "pip refused" >&2; exit 3; }}\n'
-                      f'exec {sys.executable} "$@"\n')
-    python.chmod(0o755)
+    _script(bin_dir / 'python', f'[ "$1" = -m ] && {{ echo "pip refused" >&2; exit 3; }}\n'
+                                f'exec {sys.executable} "$@"\n')
     return tmp_path / 'venv'
 
 
 def test_setup_refuses_to_switch_lines_in_an_existing_venv(tmp_path):
     venv = _fake_venv(tmp_path)
-    env = dict(ENV, S2A_STACK=OTHER, S2A_VENV=str(venv))
-    proc = subprocess.run(['bash', 'tools/setup_env.sh'], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=60)
+    proc = _setup(S2A_STACK=OTHER, S2A_VENV=str(venv))
     assert proc.returncode == 1, proc.stderr
     assert f'venv {venv} holds the {LINE} line' in proc.stderr
     assert f'S2A_STACK={OTHER} asks for the {OTHER} line' in proc.stderr
@@ -247,9 +256,7 @@ def test_setup_refuses_to_switch_lines_in_an_existing_venv(tmp_path):
 
 
 def test_setup_refuses_an_unknown_stack(tmp_path):
-    env = dict(ENV, S2A_STACK='openmmlab', S2A_VENV=str(tmp_path / 'venv'))
-    proc = subprocess.run(['bash', 'tools/setup_env.sh'], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=60)
+    proc = _setup(S2A_STACK='openmmlab', S2A_VENV=str(tmp_path / 'venv'))
     assert proc.returncode == 1 and 'S2A_STACK=openmmlab is not a stack' in proc.stderr
     assert not (tmp_path / 'venv').exists()
 
@@ -261,12 +268,8 @@ def test_setup_refuses_an_unknown_stack(tmp_path):
 ])
 def test_setup_refuses_an_untested_python_for_the_line_with_the_reason(tmp_path, stack, python,
                                                                        reason):
-    fake = tmp_path / f'python{python}'
-    fake.write_text(f'#!/bin/sh\necho {python}\n')
-    fake.chmod(0o755)
-    env = dict(ENV, S2A_STACK=stack, S2A_PYTHON=str(fake), S2A_VENV=str(tmp_path / 'venv'))
-    proc = subprocess.run(['bash', 'tools/setup_env.sh'], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=60)
+    fake = _script(tmp_path / f'python{python}', f'echo {python}\n')
+    proc = _setup(S2A_STACK=stack, S2A_PYTHON=str(fake), S2A_VENV=str(tmp_path / 'venv'))
     assert proc.returncode == 1 and reason in proc.stderr, proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1   # one line
     assert not (tmp_path / 'venv').exists()
@@ -276,15 +279,9 @@ def test_setup_takes_the_python_version_from_an_existing_venv(tmp_path):
     """An existing venv's interpreter decides (it keys the mmcv wheel cache), not S2A_PYTHON."""
     bin_dir = tmp_path / 'venv' / 'bin'
     bin_dir.mkdir(parents=True)
-    (bin_dir / 'python').write_text(  # an empty Python 3.13 venv that refuses to install
-        '#!/bin/sh\ncase "$1" in -c) echo 3.13 ;; -) cat >/dev/null; echo none ;; '
-        '*) exit 3 ;; esac\n')
-    boot = tmp_path / 'python3.12'
-    boot.write_text('#!/bin/sh\necho 3.12\n')
-    for exe in (bin_dir / 'python', boot):
-        exe.chmod(0o755)
-    env = dict(ENV, S2A_STACK='upstream', S2A_PYTHON=str(boot), S2A_VENV=str(tmp_path / 'venv'))
-    proc = subprocess.run(['bash', 'tools/setup_env.sh'], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=60)
+    _script(bin_dir / 'python',  # an empty Python 3.13 venv that refuses to install
+            'case "$1" in -c) echo 3.13 ;; -) cat >/dev/null; echo none ;; *) exit 3 ;; esac\n')
+    boot = _script(tmp_path / 'python3.12', 'echo 3.12\n')
+    proc = _setup(S2A_STACK='upstream', S2A_PYTHON=str(boot), S2A_VENV=str(tmp_path / 'venv'))
     assert proc.returncode == 1 and 'Python 3.13 is not supported on the upstream line' in \
         proc.stderr, proc.stderr
